@@ -1,0 +1,1 @@
+"""Label quality: out-of-sample probabilities, cleanlab label issues, consensus, the review queue."""

@@ -1,0 +1,85 @@
+"""The effective label of a prediction, derived from all of its feedback (which is never overwritten).
+
+The precedence rule, used on ingest and whenever there is too little overlap for a consensus model:
+
+1. The most trusted source present decides: ``reviewer`` > ``annotator`` > ``agent`` > ``end_user`` > ``system``.
+2. Among reviewers, the latest decision wins (a correction of a correction); ``discard`` removes the prediction
+   from training and SLA figures.
+3. Among other sources of the same rank, each person (``source_id``) counts once, with their latest label; the
+   majority wins, and a tie goes to the most recent label.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session
+
+from flywheel.models.core import Feedback, Prediction
+
+SOURCE_PRIORITY = {"reviewer": 4, "annotator": 3, "agent": 2, "end_user": 1, "system": 0}
+
+
+@dataclass(frozen=True)
+class Vote:
+    label: str | None
+    source: str
+    source_id: str | None
+    decision: str | None
+    order: int  # position in time (created_at, then arrival)
+
+
+@dataclass(frozen=True)
+class Effective:
+    label: str | None
+    discarded: bool
+
+
+def resolve(votes: Sequence[Vote]) -> Effective:
+    """The effective label of one prediction from its feedback votes (see the module docstring)."""
+    if not votes:
+        return Effective(None, False)
+    top = max(SOURCE_PRIORITY.get(v.source, 0) for v in votes)
+    tier = sorted((v for v in votes if SOURCE_PRIORITY.get(v.source, 0) == top), key=lambda v: v.order)
+    if tier[0].source == "reviewer":
+        last = tier[-1]
+        return Effective(None, True) if last.decision == "discard" else Effective(last.label, False)
+    latest_by_person: dict[str, Vote] = {}
+    for v in tier:
+        latest_by_person[v.source_id or f"#{v.order}"] = v
+    counts = Counter(v.label for v in latest_by_person.values())
+    best = max(counts.values())
+    tied = {label for label, n in counts.items() if n == best}
+    winner = max((v for v in latest_by_person.values() if v.label in tied), key=lambda v: v.order)
+    return Effective(winner.label, False)
+
+
+def apply_rule(session: Session, prediction_ids: Sequence[int]) -> None:
+    """Re-derive ``effective_label``, ``label_discarded`` and ``feedback_count`` for these predictions."""
+    if not prediction_ids:
+        return
+    votes: dict[int, list[Vote]] = defaultdict(list)
+    rows = session.execute(
+        select(Feedback.prediction_id, Feedback.label, Feedback.source, Feedback.source_id, Feedback.decision)
+        .where(Feedback.prediction_id.in_(prediction_ids))
+        .order_by(Feedback.prediction_id, Feedback.created_at, Feedback.id)
+    )
+    for n, (pid, label, source, source_id, decision) in enumerate(rows):
+        votes[pid].append(Vote(label, source, source_id, decision, n))
+    params = []
+    for pid in prediction_ids:
+        eff = resolve(votes.get(pid, []))
+        params.append({"pid": pid, "label": eff.label, "discarded": eff.discarded, "count": len(votes.get(pid, []))})
+    session.connection().execute(
+        update(Prediction.__table__)  # type: ignore[arg-type]
+        .where(Prediction.__table__.c.id == bindparam("pid"))
+        .values(
+            effective_label=bindparam("label"),
+            label_discarded=bindparam("discarded"),
+            feedback_count=bindparam("count"),
+        ),
+        params,
+    )

@@ -1,0 +1,167 @@
+"""Predictions and feedback: what product backends log (API.md, "Predictions" and "Feedback")."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from flask import Blueprint, Response, current_app, request
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
+
+from flywheel import metrics
+from flywheel.api.schemas import (
+    FeedbackBatch,
+    IngestResult,
+    PredictionBatch,
+    PredictionIn,
+    PredictionOut,
+    PredictionPage,
+    PredictionQuery,
+    TenantQuery,
+)
+from flywheel.api.serializers import predictions_out
+from flywheel.api.spec import json_response, operation, parse_body, validation_errors
+from flywheel.auth import Principal
+from flywheel.context import get_session
+from flywheel.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
+from flywheel.ingest import ingest_feedback, ingest_predictions
+from flywheel.models.core import Prediction, Task
+
+bp = Blueprint("predictions", __name__, url_prefix="/v1")
+
+
+def _parse_predictions(raw: bytes) -> list[PredictionIn]:
+    """``{"predictions": [...]}`` or a single prediction object."""
+    try:
+        batch = parse_body(PredictionBatch, raw)
+    except Unprocessable as exc:
+        missing_root = any(e["loc"] == ["predictions"] and "required" in e["msg"].lower() for e in exc.errors or [])
+        if not missing_root:
+            raise
+        try:
+            return [PredictionIn.model_validate_json(raw)]
+        except ValidationError as single:
+            raise Unprocessable(
+                "the body is neither a prediction batch nor a single prediction",
+                errors=validation_errors(single),
+            ) from None
+    assert isinstance(batch, PredictionBatch)
+    return batch.predictions
+
+
+def _check_batch_size(n: int, root: str) -> None:
+    limit = current_app.config["FLYWHEEL_MAX_BATCH_ITEMS"]
+    if n > limit:
+        raise PayloadTooLarge(f"{n} {root} in one request; the limit is {limit}")
+
+
+@operation(
+    bp,
+    "POST",
+    "/predictions",
+    summary="Log predictions (one object or a batch of up to 1,000)",
+    scope="ingest",
+    documented_body=PredictionBatch,
+    responses={201: IngestResult, 200: IngestResult},
+)
+def post_predictions(*, principal: Principal) -> Response:
+    """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing."""
+    items = _parse_predictions(request.get_data(cache=False))
+    _check_batch_size(len(items), "predictions")
+    session = get_session()
+    result = ingest_predictions(session, principal.tenant_for(session), items)
+    session.commit()
+    metrics.ROWS_INGESTED.labels(kind="prediction").inc(result.accepted)
+    return json_response(
+        IngestResult(accepted=result.accepted, duplicates=result.duplicates), 201 if result.accepted else 200
+    )
+
+
+@operation(
+    bp,
+    "POST",
+    "/feedback",
+    summary="Log user feedback on predictions",
+    scope="ingest",
+    body=FeedbackBatch,
+    responses={201: IngestResult, 200: IngestResult},
+)
+def post_feedback(*, principal: Principal, body: FeedbackBatch) -> Response:
+    """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived."""
+    _check_batch_size(len(body.feedback), "feedback items")
+    session = get_session()
+    result = ingest_feedback(session, principal.tenant_for(session), body.feedback)
+    session.commit()
+    metrics.ROWS_INGESTED.labels(kind="feedback").inc(result.accepted)
+    return json_response(
+        IngestResult(accepted=result.accepted, duplicates=result.duplicates), 201 if result.accepted else 200
+    )
+
+
+@operation(
+    bp,
+    "GET",
+    "/predictions/<prediction_id>",
+    summary="Get a prediction with its feedback",
+    scope="read",
+    query=TenantQuery,
+    responses={200: PredictionOut},
+)
+def get_prediction(prediction_id: str, *, principal: Principal, query: TenantQuery) -> Response:
+    session = get_session()
+    tenant = principal.tenant_for(session, query.tenant)
+    row = session.scalar(
+        select(Prediction).where(Prediction.tenant_id == tenant.id, Prediction.client_id == prediction_id)
+    )
+    if row is None:
+        raise NotFound(f"prediction '{prediction_id}' does not exist")
+    return json_response(predictions_out(session, [row])[0])
+
+
+def _encode_cursor(created_at: datetime, pk: int) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(stamp), int(pk)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the cursor is not one this API returned") from None
+
+
+@operation(
+    bp,
+    "GET",
+    "/predictions",
+    summary="List predictions, newest first (cursor pagination)",
+    scope="read",
+    query=PredictionQuery,
+    responses={200: PredictionPage},
+)
+def list_predictions(*, principal: Principal, query: PredictionQuery) -> Response:
+    session = get_session()
+    tenant = principal.tenant_for(session, query.tenant)
+    stmt = select(Prediction).where(Prediction.tenant_id == tenant.id)
+    if query.task is not None:
+        task_id = session.scalar(select(Task.id).where(Task.name == query.task))
+        if task_id is None:
+            raise NotFound(f"task '{query.task}' does not exist")
+        stmt = stmt.where(Prediction.task_id == task_id)
+    if query.since is not None:
+        stmt = stmt.where(Prediction.created_at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(Prediction.created_at < query.until)
+    if query.has_feedback is not None:
+        stmt = stmt.where(Prediction.feedback_count > 0 if query.has_feedback else Prediction.feedback_count == 0)
+    if query.cursor:
+        at, pk = _decode_cursor(query.cursor)
+        stmt = stmt.where(
+            or_(Prediction.created_at < at, and_(Prediction.created_at == at, Prediction.id < pk))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(query.limit + 1))
+    )
+    next_cursor = _encode_cursor(rows[query.limit - 1].created_at, rows[query.limit - 1].id) if len(rows) > query.limit else None
+    return json_response(PredictionPage(items=predictions_out(session, rows[: query.limit]), next_cursor=next_cursor))

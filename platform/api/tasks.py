@@ -1,0 +1,40 @@
+"""Tasks: a classification problem with a fixed label set, shared by the tenants that use it."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from sqlalchemy import select
+
+from flywheel.api.schemas import TaskIn, TaskList, TaskOut
+from flywheel.api.serializers import task_out
+from flywheel.api.spec import json_response, operation
+from flywheel.auth import Principal
+from flywheel.context import get_session
+from flywheel.errors import NotFound
+from flywheel.models.core import Task
+from flywheel.tasks import create_task
+
+bp = Blueprint("tasks", __name__, url_prefix="/v1")
+
+
+@operation(bp, "POST", "/tasks", summary="Create a task", scope="admin", body=TaskIn, responses={201: TaskOut})
+def post_task(*, principal: Principal, body: TaskIn) -> Response:
+    session = get_session()
+    task = create_task(session, body)
+    out = task_out(task)
+    session.commit()
+    return json_response(out, 201)
+
+
+@operation(bp, "GET", "/tasks", summary="List tasks", scope="read", responses={200: TaskList})
+def list_tasks(*, principal: Principal) -> Response:
+    tasks = get_session().scalars(select(Task).order_by(Task.name))
+    return json_response(TaskList(items=[task_out(t) for t in tasks]))
+
+
+@operation(bp, "GET", "/tasks/<name>", summary="Get a task", scope="read", responses={200: TaskOut})
+def get_task(name: str, *, principal: Principal) -> Response:
+    task = get_session().scalar(select(Task).where(Task.name == name))
+    if task is None:
+        raise NotFound(f"task '{name}' does not exist")
+    return json_response(task_out(task))

@@ -1,0 +1,78 @@
+"""The application factory: ``create_app()`` builds one WSGI app; nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from importlib import import_module
+
+from flask import Flask, Response, g, request
+
+from flywheel import errors, logs, metrics
+from flywheel.config import Settings
+from flywheel.context import EXTENSION, close_session, get_db, get_session, get_settings
+from flywheel.db import Database
+
+__all__ = ["create_app", "get_db", "get_session", "get_settings"]
+
+# "module:attribute" of every blueprint; each area adds its own line.
+BLUEPRINTS = [
+    "flywheel.api.ops:bp",
+    "flywheel.api.admin:bp",
+    "flywheel.api.tasks:bp",
+    "flywheel.api.predictions:bp",
+    "flywheel.dashboard.views:bp",
+]
+
+log = logging.getLogger("flywheel.http")
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        FLYWHEEL_MAX_BODY_BYTES=settings.max_body_bytes,
+        FLYWHEEL_MAX_BATCH_ITEMS=settings.max_batch_items,
+        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = {"db": db or Database(settings.database_url), "settings": settings}
+    errors.init_app(app)
+    app.teardown_appcontext(close_session)
+    _instrument(app)
+    for target in BLUEPRINTS:
+        module, _, attr = target.partition(":")
+        app.register_blueprint(getattr(import_module(module), attr))
+    return app
+
+
+def _instrument(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        metrics.LATENCY.labels(request.method, endpoint).observe(elapsed)
+        principal = g.get("principal")
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "ms": round(elapsed * 1000, 2),
+                "tenant": principal.tenant_slug if principal else None,
+                "key_id": principal.key_id if principal else None,
+            },
+        )
+        return response

@@ -1,0 +1,105 @@
+"""API keys: random 256-bit secrets shown once, stored as SHA-256 hashes; scopes; the caller's tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flywheel.errors import Forbidden, NotFound, Unauthorized, Unprocessable
+from flywheel.models.core import ApiKey, Tenant
+
+SCOPES = ("ingest", "read", "admin")
+KEY_PREFIX = "fw"
+
+
+def hash_key(key: str) -> str:
+    # A plain SHA-256 is enough: the key is 256 random bits, so there is nothing to brute-force
+    # (a slow KDF only matters for low-entropy secrets like passwords).
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_key() -> tuple[str, str]:
+    """A new key and its public prefix (shown in listings so a key can be recognized without revealing it)."""
+    prefix = secrets.token_hex(4)
+    return f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+def parse_scopes(raw: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    scopes = sorted({s.strip() for s in items if s.strip()})
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a non-empty subset of {', '.join(SCOPES)}; got {', '.join(unknown)}")
+    return scopes
+
+
+def create_key(
+    session: Session, *, tenant: Tenant | None, scopes: list[str], name: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the secret, which is never stored and cannot be shown again."""
+    if tenant is None and "admin" not in scopes:
+        raise ValueError("a key without a tenant must have the admin scope")
+    key, prefix = generate_key()
+    row = ApiKey(tenant=tenant, prefix=prefix, key_hash=hash_key(key), scopes=",".join(scopes), name=name)
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key, its tenant (None for an admin key without one) and its scopes."""
+
+    key_id: int
+    tenant_id: int | None
+    tenant_slug: str | None
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def require(self, scope: str) -> Principal:
+        if scope not in self.scopes and not self.is_admin:
+            raise Forbidden(f"this API key lacks the '{scope}' scope")
+        return self
+
+    def tenant_for(self, session: Session, slug: str | None = None) -> Tenant:
+        """The tenant a request acts on: the key's own; an admin may name any tenant with ``slug``."""
+        if self.is_admin and slug is not None:
+            tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+            if tenant is None:
+                raise NotFound(f"tenant '{slug}' does not exist")
+            return tenant
+        if self.tenant_id is None:
+            raise Unprocessable(
+                "this admin key belongs to no tenant: name one with the 'tenant' query parameter",
+                errors=[{"loc": ["query", "tenant"], "msg": "required for admin keys"}],
+            )
+        if slug is not None and slug != self.tenant_slug:
+            raise NotFound(f"tenant '{slug}' does not exist")
+        tenant = session.get(Tenant, self.tenant_id)
+        assert tenant is not None
+        return tenant
+
+    def can_see_tenant(self, tenant_id: int) -> bool:
+        return self.is_admin or self.tenant_id == tenant_id
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized()
+    key = authorization.removeprefix("Bearer ").strip()
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    if row is None:
+        raise Unauthorized("unknown or revoked API key")
+    return Principal(
+        key_id=row.id,
+        tenant_id=row.tenant_id,
+        tenant_slug=row.tenant.slug if row.tenant else None,
+        scopes=row.scope_set,
+    )

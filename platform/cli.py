@@ -1,0 +1,273 @@
+"""The ``flywheel`` command line. Commands that print a new key print it alone on the last line of stdout."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from flywheel.config import Settings
+from flywheel.db import Database
+from flywheel.errors import ApiError
+
+# "module:attribute" of every command or group that other areas add; each area adds its own line.
+COMMANDS: list[str] = []
+
+
+class Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.settings.database_url)
+        return self._db
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self.db.session() as session:
+                yield session
+        except ApiError as exc:
+            raise click.ClickException(exc.detail) from None
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--database-url", envvar="FLYWHEEL_DATABASE_URL", help="SQLAlchemy URL (default: SQLite under var/).")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None) -> None:
+    """Flywheel: log predictions and feedback, clean labels, watch SLAs, retrain nightly."""
+    overrides: dict[str, Any] = {"database_url": database_url} if database_url else {}
+    ctx.obj = Context(Settings.from_env(**overrides))
+
+
+# --- db -------------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Apply every pending migration."""
+    from flywheel.migrate import upgrade
+
+    upgrade(ctx.db.engine)
+    click.echo(f"database at the latest revision: {ctx.db.engine.url.render_as_string(hide_password=True)}", err=True)
+
+
+# --- tenants and keys -----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tenants() -> None:
+    """Tenants (customers)."""
+
+
+@tenants.command("create")
+@click.argument("slug")
+@click.option("--name", required=True, help="The customer's display name.")
+@click.option("--webhook-url", help="Where alerts are POSTed (signed with HMAC-SHA256).")
+@pass_ctx
+def tenants_create(ctx: Context, slug: str, name: str, webhook_url: str | None) -> None:
+    """Create a tenant."""
+    from flywheel.admin import create_tenant
+
+    with ctx.session() as session:
+        create_tenant(session, slug=slug, name=name, webhook_url=webhook_url)
+    click.echo(slug)
+
+
+@tenants.command("list")
+@pass_ctx
+def tenants_list(ctx: Context) -> None:
+    """List tenants."""
+    from flywheel.models.core import Tenant
+
+    with ctx.session() as session:
+        for t in session.scalars(select(Tenant).order_by(Tenant.slug)):
+            click.echo(f"{t.slug}\t{t.name}\t{t.created_at:%Y-%m-%d}")
+
+
+@cli.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", help="The tenant the key belongs to.")
+@click.option("--scopes", default="ingest,read", show_default=True, help="Comma-separated: ingest, read, admin.")
+@click.option("--admin", "admin", is_flag=True, help="An admin key (all tenants).")
+@click.option("--name", help="A note to recognize the key by.")
+@pass_ctx
+def keys_create(ctx: Context, tenant: str | None, scopes: str, admin: bool, name: str | None) -> None:
+    """Create a key; the key is printed alone on the last line (capture it with `| tail -n 1`)."""
+    from flywheel.auth import create_key, parse_scopes
+    from flywheel.models.core import Tenant
+
+    if not admin and tenant is None:
+        raise click.UsageError("give --tenant, or --admin for an admin key")
+    scope_list = ["admin"] if admin and tenant is None else parse_scopes(scopes + (",admin" if admin else ""))
+    with ctx.session() as session:
+        row = None
+        if tenant is not None:
+            row = session.scalar(select(Tenant).where(Tenant.slug == tenant))
+            if row is None:
+                raise click.ClickException(f"tenant '{tenant}' does not exist")
+        key_row, secret = create_key(session, tenant=row, scopes=scope_list, name=name)
+        click.echo(f"created key {key_row.id} ({key_row.prefix}) scopes={','.join(scope_list)}", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@pass_ctx
+def keys_list(ctx: Context) -> None:
+    """List keys (never their secrets)."""
+    from flywheel.models.core import ApiKey
+
+    with ctx.session() as session:
+        for k in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            click.echo(f"{k.id}\t{k.prefix}\t{k.tenant.slug if k.tenant else '*'}\t{k.scopes}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@pass_ctx
+def keys_revoke(ctx: Context, key_id: int) -> None:
+    """Revoke a key by its id."""
+    from flywheel.admin import revoke_key
+
+    with ctx.session() as session:
+        revoke_key(session, key_id)
+    click.echo(f"revoked key {key_id}")
+
+
+# --- tasks ----------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tasks() -> None:
+    """Tasks (label sets)."""
+
+
+@tasks.command("create")
+@click.argument("name")
+@click.option("--labels", help="Comma-separated labels.")
+@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="One label per line; 'label<TAB>description' adds a description for zero-shot.")
+@click.option("--description", default="")
+@pass_ctx
+def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path | None, description: str) -> None:
+    """Create a task from labels given inline or in a file."""
+    from pydantic import ValidationError
+
+    from flywheel.api.schemas import TaskIn
+    from flywheel.tasks import create_task
+
+    label_list: list[str] = []
+    descriptions: dict[str, str] = {}
+    if labels:
+        label_list += [x.strip() for x in labels.split(",") if x.strip()]
+    if labels_file:
+        for line in labels_file.read_text(encoding="utf-8").splitlines():
+            label, _, desc = line.partition("\t")
+            if label.strip():
+                label_list.append(label.strip())
+                if desc.strip():
+                    descriptions[label.strip()] = desc.strip()
+    try:
+        spec = TaskIn(name=name, labels=label_list, description=description, label_descriptions=descriptions)
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(e["msg"] for e in exc.errors())) from None
+    with ctx.session() as session:
+        create_task(session, spec)
+    click.echo(f"task '{name}' with {len(label_list)} labels", err=True)
+    click.echo(name)
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def _run_gunicorn(settings: Settings, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Any:
+            from flywheel.app import create_app
+
+            return create_app(settings)
+
+    Server().run()
+
+
+@cli.command()
+@click.option("--workers", type=int, help="gunicorn workers (default: settings.workers).")
+@pass_ctx
+def serve(ctx: Context, workers: int | None) -> None:
+    """Serve the web app (API + dashboard) with gunicorn. No scheduler runs here."""
+    _run_gunicorn(ctx.settings, workers or ctx.settings.workers)
+
+
+def bootstrap_admin_key(db: Database) -> str | None:
+    """On an empty database, create the first admin key and return it; otherwise None."""
+    from flywheel.auth import create_key
+    from flywheel.models.core import ApiKey
+
+    with db.session() as session:
+        if session.scalar(select(func.count(ApiKey.id))):
+            return None
+        _row, secret = create_key(session, tenant=None, scopes=["admin"], name="bootstrap (flywheel up)")
+        return secret
+
+
+@cli.command()
+@pass_ctx
+def up(ctx: Context) -> None:
+    """All in one machine: migrate, create the first admin key if none exists, serve the web app."""
+    from flywheel.migrate import upgrade
+
+    upgrade(ctx.db.engine)
+    secret = bootstrap_admin_key(ctx.db)
+    url = f"http://{ctx.settings.host}:{ctx.settings.port}"
+    click.echo(f"Flywheel is starting at {url}  (API docs: {url}/docs)", err=True)
+    if secret:
+        click.echo("An admin key was created for this new database; it is shown only this once:", err=True)
+        click.echo(f"  try: curl -H 'Authorization: Bearer {secret}' {url}/v1/tasks", err=True)
+        click.echo(secret)
+    sys.stdout.flush()
+    ctx.db.dispose()
+    _run_gunicorn(ctx.settings, ctx.settings.workers)
+
+
+def _register_extensions() -> None:
+    for target in COMMANDS:
+        module, _, attr = target.partition(":")
+        cli.add_command(getattr(import_module(module), attr))
+
+
+def main() -> None:
+    _register_extensions()
+    cli(prog_name="flywheel")

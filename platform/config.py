@@ -1,0 +1,88 @@
+"""Settings: one frozen object, and ``Settings.from_env()`` is the only reader of ``os.environ``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Flywheel can be configured with; each field reads ``FLYWHEEL_<NAME>`` in ``from_env``."""
+
+    database_url: str = f"sqlite:///{DEFAULT_DATA_DIR / 'flywheel.db'}"
+    artifacts_dir: Path = DEFAULT_DATA_DIR / "artifacts"
+    secret_key: str = ""  # signs dashboard sessions; generated per process when empty
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    log_level: str = "INFO"
+    # Ingestion limits (API.md).
+    max_batch_items: int = 1000
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_predict_inputs: int = 256
+    # Label quality.
+    cv_folds: int = 5
+    source_exclude_issue_rate: float = 0.5
+    crowdlab_min_overlap: int = 20
+    # Retraining and the model ladder.
+    holdout_percent: int = 15
+    few_shot_min_per_class: int = 2
+    fine_tune_min_labels: int = 500
+    retrain_cron: str = "0 2 * * *"
+    monitor_cron: str = "0 * * * *"
+    early_retrain_new_labels: int = 1000
+    base_model: str = ""  # a local save_pretrained directory; empty means the packaged all-MiniLM-L6-v2
+    gate_metric: str = "accuracy"
+    gate_tolerance: float = 0.005
+    gate_tenant_tolerance: float = 0.02
+    gate_min_tenant_holdout: int = 20
+    early_retrain_debounce_minutes: int = 360
+    early_retrain_check_seconds: int = 300
+    training_poll_seconds: float = 2.0
+    run_stale_seconds: int = 300
+    scheduler_lock_ttl_seconds: int = 60
+    fine_tune_epochs: int = 8
+    serve_optimized: bool = True  # INT8/bf16 serving, only where verified to agree with fp32 on the holdout
+    # Monitoring.
+    drift_sample_cap: int = 50_000
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 5
+    # Dashboard: signed session cookie lifetime (absolute, from sign-in) and the cookie's Secure flag.
+    dashboard_session_minutes: int = 480
+    dashboard_secure_cookie: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"FLYWHEEL_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _coerce(type_name: Any, raw: str) -> Any:
+    name = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if name == "int":
+        return int(raw)
+    if name == "float":
+        return float(raw)
+    if name == "Path":
+        return Path(raw)
+    if name == "bool":
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw

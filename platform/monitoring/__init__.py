@@ -1,0 +1,1 @@
+"""SLA evaluation, drift monitoring and alerts."""

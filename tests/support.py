@@ -1,0 +1,66 @@
+"""Test helpers shared by the suite (imported as ``support``; conftest.py holds the fixtures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flywheel.auth import create_key
+from flywheel.db import Database
+from flywheel.models.core import Tenant
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when this clone has none (a user's clone has no ../shared)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/data not present ({path}): real-text tests need the project's shared data")
+    return path
+
+
+LABELS = ["card_arrival", "card_linking", "lost_or_stolen_card", "exchange_rate"]
+
+
+@dataclass
+class World:
+    """Two tenants (acme, globex) on one task, with keys of every kind."""
+
+    db: Database
+    task: str
+    labels: list[str]
+    admin: str
+    acme_ingest: str
+    acme_read: str
+    acme_rw: str
+    globex_rw: str
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def key(self, tenant: str, scopes: list[str]) -> str:
+        with self.db.session() as session:
+            row = session.query(Tenant).filter_by(slug=tenant).one()
+            return create_key(session, tenant=row, scopes=scopes)[1]
+
+
+def prediction(pid: str, label: str = "card_arrival", **extra: Any) -> dict[str, Any]:
+    """A valid prediction item for the `world` task."""
+    others = [x for x in LABELS if x != label]
+    item: dict[str, Any] = {
+        "id": pid,
+        "task": "intent",
+        "text": f"text of {pid}: I am still waiting on my card",
+        "label": label,
+        "confidence": 0.7,
+        "probabilities": {label: 0.7, others[0]: 0.2, others[1]: 0.1},
+        "model_version": "v1",
+        "created_at": "2026-11-27T01:00:00Z",
+        "metadata": {"channel": "chat"},
+    }
+    item.update(extra)
+    return item
