@@ -72,14 +72,16 @@ def apply_rule(session: Session, prediction_ids: Sequence[int]) -> None:
     params = []
     for pid in prediction_ids:
         eff = resolve(votes.get(pid, []))
-        params.append({"pid": pid, "label": eff.label, "discarded": eff.discarded, "count": len(votes.get(pid, []))})
+        params.append(
+            {"b_pid": pid, "b_label": eff.label, "b_discarded": eff.discarded, "b_count": len(votes.get(pid, []))}
+        )
     session.connection().execute(
         update(Prediction.__table__)  # type: ignore[arg-type]
-        .where(Prediction.__table__.c.id == bindparam("pid"))
+        .where(Prediction.__table__.c.id == bindparam("b_pid"))
         .values(
-            effective_label=bindparam("label"),
-            label_discarded=bindparam("discarded"),
-            feedback_count=bindparam("count"),
+            effective_label=bindparam("b_label"),
+            label_discarded=bindparam("b_discarded"),
+            feedback_count=bindparam("b_count"),
         ),
         params,
     )

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from flywheel.api.schemas import FeedbackIn, PredictionIn
+from flywheel.api.spec import Batch
 from flywheel.db import utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task, Tenant
@@ -77,15 +78,16 @@ def _check_probabilities(item: PredictionIn, labels: set[str]) -> list[tuple[str
 
 
 def _dedupe_batch(
-    items: Sequence[PredictionIn] | Sequence[FeedbackIn], hashes: list[str], root: str
+    items: Sequence[PredictionIn] | Sequence[FeedbackIn], hashes: list[str], root: str, index: list[int]
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """First index of each id; an id repeated with different content in one batch is an error."""
+    """Position of each id's first occurrence; an id repeated with different content in one batch is an error."""
     first: dict[str, int] = {}
     errors: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        j = first.setdefault(item.id, i)
-        if j != i and hashes[j] != hashes[i]:
-            errors.append({"loc": [root, i, "id"], "msg": f"id '{item.id}' appears earlier in this batch (index {j}) with different content"})
+    for pos, item in enumerate(items):
+        j = first.setdefault(item.id, pos)
+        if j != pos and hashes[j] != hashes[pos]:
+            msg = f"id '{item.id}' appears earlier in this batch (index {index[j]}) with different content"
+            errors.append({"loc": [root, index[pos], "id"], "msg": msg})
     return first, errors
 
 
@@ -142,24 +144,40 @@ def _raise_on_changed(existing: dict[str, tuple[int, str]], hashes: dict[str, st
         )
 
 
-def ingest_predictions(session: Session, tenant: Tenant, items: Sequence[PredictionIn]) -> IngestResult:
-    """Validate against the tasks, then store every item or none (422 lists every bad item by index)."""
+def _raise_if_invalid(errors: list[dict[str, Any]], batch: Batch | None, n: int, noun: str) -> None:
+    if batch is not None:
+        errors = batch.errors + errors
+    if errors:
+        errors.sort(key=lambda e: e["loc"][1])
+        bad = len({e["loc"][1] for e in errors})
+        total = batch.size if batch is not None else n
+        raise Unprocessable(f"{bad} of {total} {noun} are invalid; nothing was stored", errors=errors)
+
+
+def ingest_predictions(
+    session: Session, tenant: Tenant, items: Sequence[PredictionIn], *, batch: Batch | None = None
+) -> IngestResult:
+    """Validate against the tasks, then store every item or none (422 lists every bad item by index).
+
+    ``batch`` carries the items' original indexes and the schema errors of items that did not parse.
+    """
+    index = batch.indexes if batch is not None else list(range(len(items)))
     task_names = {item.task for item in items}
     tasks = {t.name: t for t in session.scalars(select(Task).where(Task.name.in_(task_names)))}
     label_sets = {name: set(t.labels) for name, t in tasks.items()}
     hashes = [content_hash(item) for item in items]
-    first, errors = _dedupe_batch(items, hashes, "predictions")
-    for i, item in enumerate(items):
+    first, errors = _dedupe_batch(items, hashes, "predictions", index)
+    for i, item in zip(index, items, strict=True):
         labels = label_sets.get(item.task)
         if labels is None:
             errors.append({"loc": ["predictions", i, "task"], "msg": f"task '{item.task}' does not exist"})
             continue
         if item.label not in labels:
-            errors.append({"loc": ["predictions", i, "label"], "msg": f"'{item.label}' is not a label of task '{item.task}'"})
+            errors.append(
+                {"loc": ["predictions", i, "label"], "msg": f"'{item.label}' is not a label of task '{item.task}'"}
+            )
         errors.extend({"loc": ["predictions", i, f], "msg": m} for f, m in _check_probabilities(item, labels))
-    if errors:
-        bad = len({e["loc"][1] for e in errors})
-        raise Unprocessable(f"{bad} of {len(items)} predictions are invalid; nothing was stored", errors=errors)
+    _raise_if_invalid(errors, batch, len(items), "predictions")
 
     now = utcnow()
     rows = [
@@ -190,7 +208,9 @@ def ingest_predictions(session: Session, tenant: Tenant, items: Sequence[Predict
     return IngestResult(accepted=accepted, duplicates=len(items) - accepted, ids=[stored[i.id] for i in items])
 
 
-def ingest_feedback(session: Session, tenant: Tenant, items: Sequence[FeedbackIn]) -> IngestResult:
+def ingest_feedback(
+    session: Session, tenant: Tenant, items: Sequence[FeedbackIn], *, batch: Batch | None = None
+) -> IngestResult:
     """Store feedback atomically and idempotently, then re-derive the effective label of the touched predictions."""
     from flywheel.feedback.effective import apply_rule
 
@@ -204,16 +224,18 @@ def ingest_feedback(session: Session, tenant: Tenant, items: Sequence[FeedbackIn
         )
     }
     hashes = [content_hash(item) for item in items]
-    first, errors = _dedupe_batch(items, hashes, "feedback")
-    for i, item in enumerate(items):
+    index = batch.indexes if batch is not None else list(range(len(items)))
+    first, errors = _dedupe_batch(items, hashes, "feedback", index)
+    for i, item in zip(index, items, strict=True):
         found = preds.get(item.prediction_id)
         if found is None:
-            errors.append({"loc": ["feedback", i, "prediction_id"], "msg": f"prediction '{item.prediction_id}' does not exist"})
+            msg = f"prediction '{item.prediction_id}' does not exist"
+            errors.append({"loc": ["feedback", i, "prediction_id"], "msg": msg})
         elif item.label not in found[1]:
-            errors.append({"loc": ["feedback", i, "label"], "msg": f"'{item.label}' is not a label of task '{found[2]}'"})
-    if errors:
-        bad = len({e["loc"][1] for e in errors})
-        raise Unprocessable(f"{bad} of {len(items)} feedback items are invalid; nothing was stored", errors=errors)
+            errors.append(
+                {"loc": ["feedback", i, "label"], "msg": f"'{item.label}' is not a label of task '{found[2]}'"}
+            )
+    _raise_if_invalid(errors, batch, len(items), "feedback items")
 
     now = utcnow()
     rows = [

@@ -6,12 +6,12 @@ import base64
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
-from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 
 from flywheel import metrics
 from flywheel.api.schemas import (
     FeedbackBatch,
+    FeedbackIn,
     IngestResult,
     PredictionBatch,
     PredictionIn,
@@ -21,33 +21,14 @@ from flywheel.api.schemas import (
     TenantQuery,
 )
 from flywheel.api.serializers import predictions_out
-from flywheel.api.spec import json_response, operation, parse_body, validation_errors
+from flywheel.api.spec import json_response, operation, parse_batch
 from flywheel.auth import Principal
 from flywheel.context import get_session
-from flywheel.errors import BadRequest, NotFound, PayloadTooLarge, Unprocessable
+from flywheel.errors import BadRequest, NotFound, PayloadTooLarge
 from flywheel.ingest import ingest_feedback, ingest_predictions
 from flywheel.models.core import Prediction, Task
 
 bp = Blueprint("predictions", __name__, url_prefix="/v1")
-
-
-def _parse_predictions(raw: bytes) -> list[PredictionIn]:
-    """``{"predictions": [...]}`` or a single prediction object."""
-    try:
-        batch = parse_body(PredictionBatch, raw)
-    except Unprocessable as exc:
-        missing_root = any(e["loc"] == ["predictions"] and "required" in e["msg"].lower() for e in exc.errors or [])
-        if not missing_root:
-            raise
-        try:
-            return [PredictionIn.model_validate_json(raw)]
-        except ValidationError as single:
-            raise Unprocessable(
-                "the body is neither a prediction batch nor a single prediction",
-                errors=validation_errors(single),
-            ) from None
-    assert isinstance(batch, PredictionBatch)
-    return batch.predictions
 
 
 def _check_batch_size(n: int, root: str) -> None:
@@ -67,10 +48,10 @@ def _check_batch_size(n: int, root: str) -> None:
 )
 def post_predictions(*, principal: Principal) -> Response:
     """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing."""
-    items = _parse_predictions(request.get_data(cache=False))
-    _check_batch_size(len(items), "predictions")
+    batch = parse_batch(request.get_data(cache=False), root="predictions", item=PredictionIn, batch=PredictionBatch)
+    _check_batch_size(batch.size, "predictions")
     session = get_session()
-    result = ingest_predictions(session, principal.tenant_for(session), items)
+    result = ingest_predictions(session, principal.tenant_for(session), batch.items, batch=batch)
     session.commit()
     metrics.ROWS_INGESTED.labels(kind="prediction").inc(result.accepted)
     return json_response(
@@ -84,14 +65,15 @@ def post_predictions(*, principal: Principal) -> Response:
     "/feedback",
     summary="Log user feedback on predictions",
     scope="ingest",
-    body=FeedbackBatch,
+    documented_body=FeedbackBatch,
     responses={201: IngestResult, 200: IngestResult},
 )
-def post_feedback(*, principal: Principal, body: FeedbackBatch) -> Response:
+def post_feedback(*, principal: Principal) -> Response:
     """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived."""
-    _check_batch_size(len(body.feedback), "feedback items")
+    batch = parse_batch(request.get_data(cache=False), root="feedback", item=FeedbackIn, batch=FeedbackBatch)
+    _check_batch_size(batch.size, "feedback items")
     session = get_session()
-    result = ingest_feedback(session, principal.tenant_for(session), body.feedback)
+    result = ingest_feedback(session, principal.tenant_for(session), batch.items, batch=batch)
     session.commit()
     metrics.ROWS_INGESTED.labels(kind="feedback").inc(result.accepted)
     return json_response(
@@ -157,11 +139,11 @@ def list_predictions(*, principal: Principal, query: PredictionQuery) -> Respons
         stmt = stmt.where(Prediction.feedback_count > 0 if query.has_feedback else Prediction.feedback_count == 0)
     if query.cursor:
         at, pk = _decode_cursor(query.cursor)
-        stmt = stmt.where(
-            or_(Prediction.created_at < at, and_(Prediction.created_at == at, Prediction.id < pk))
-        )
+        stmt = stmt.where(or_(Prediction.created_at < at, and_(Prediction.created_at == at, Prediction.id < pk)))
     rows = list(
         session.scalars(stmt.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(query.limit + 1))
     )
-    next_cursor = _encode_cursor(rows[query.limit - 1].created_at, rows[query.limit - 1].id) if len(rows) > query.limit else None
+    next_cursor = (
+        _encode_cursor(rows[query.limit - 1].created_at, rows[query.limit - 1].id) if len(rows) > query.limit else None
+    )
     return json_response(PredictionPage(items=predictions_out(session, rows[: query.limit]), next_cursor=next_cursor))

@@ -57,9 +57,7 @@ def predictions_out(session: Session, rows: Sequence[Prediction]) -> list[Predic
     with_feedback = [p.id for p in rows if p.feedback_count]
     if with_feedback:
         for fb in session.scalars(
-            select(Feedback)
-            .where(Feedback.prediction_id.in_(with_feedback))
-            .order_by(Feedback.created_at, Feedback.id)
+            select(Feedback).where(Feedback.prediction_id.in_(with_feedback)).order_by(Feedback.created_at, Feedback.id)
         ):
             by_prediction[fb.prediction_id].append(feedback_out(fb))
     return [

@@ -8,6 +8,7 @@ hooks. What is hand-written here is only the glue: pydantic validates and genera
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,43 @@ def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
             raise BadRequest("the request body is not valid JSON") from None
         errors = validation_errors(exc)
         raise Unprocessable(f"{len(errors)} problem(s) in the request body", errors=errors) from None
+
+
+@dataclass
+class Batch:
+    """A parsed batch: the valid items with their original indexes, and the schema errors of the others."""
+
+    items: list[Any]
+    indexes: list[int]
+    errors: list[dict[str, Any]]
+    size: int
+
+
+def parse_batch(raw: bytes, *, root: str, item: type[BaseModel], batch: type[BaseModel]) -> Batch:
+    """Parse ``{root: [...]}`` (or one bare item), validating each item on its own so that a 422 can list every bad
+    item by index, including the ones whose problems only the service can see."""
+    try:
+        parsed = parse_body(batch, raw)
+        items = list(getattr(parsed, root))
+        return Batch(items=items, indexes=list(range(len(items))), errors=[], size=len(items))
+    except Unprocessable:
+        pass
+    doc = json.loads(raw)  # valid JSON: parse_body already answered 400 otherwise
+    if isinstance(doc, dict) and root not in doc and "id" in doc:
+        doc = {root: [doc]}  # a single bare item
+    if not isinstance(doc, dict) or not isinstance(doc.get(root), list) or set(doc) != {root} or not doc[root]:
+        try:
+            batch.model_validate(doc)
+        except ValidationError as exc:
+            raise Unprocessable("the request body has the wrong shape", errors=validation_errors(exc)) from None
+    out = Batch(items=[], indexes=[], errors=[], size=len(doc[root]))
+    for i, raw_item in enumerate(doc[root]):
+        try:
+            out.items.append(item.model_validate(raw_item))
+            out.indexes.append(i)
+        except ValidationError as exc:
+            out.errors += validation_errors(exc, (root, i))
+    return out
 
 
 def parse_query(model: type[BaseModel]) -> BaseModel:

@@ -1,0 +1,92 @@
+"""Served predictions: ``POST /v1/predict`` (API.md, "Served predictions")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app
+from flywheel import metrics
+from flywheel.api.schemas import ClientId, Name, Strict
+from flywheel.api.spec import json_response, operation
+from flywheel.auth import Principal
+from flywheel.context import get_session, get_settings
+from flywheel.errors import NotFound, PayloadTooLarge
+from flywheel.models.core import Task
+from flywheel.serving import ModelServer, ServeInput
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+bp = Blueprint("predict", __name__, url_prefix="/v1")
+
+SERVER_KEY = "flywheel.serving"
+
+
+class PredictInput(Strict):
+    id: ClientId | None = Field(default=None, description="the idempotency key; generated when absent")
+    text: str = Field(min_length=1, max_length=100_000)
+    metadata: dict[str, Any] | None = None
+
+
+class PredictRequest(Strict):
+    task: Name
+    inputs: list[PredictInput] = Field(min_length=1)
+    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to predict for")
+
+
+class PredictOutput(BaseModel):
+    id: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: str
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictOutput]
+
+
+def model_server() -> ModelServer:
+    """This worker's model server (created on first use; each process has its own)."""
+    server = current_app.extensions.get(SERVER_KEY)
+    if server is None:
+        server = ModelServer(optimize=get_settings().serve_optimized)
+        current_app.extensions[SERVER_KEY] = server
+    return server  # type: ignore[no-any-return]
+
+
+@operation(
+    bp,
+    "POST",
+    "/predict",
+    summary="Predict with the champion model; every answer is logged as a prediction",
+    scope="ingest",
+    body=PredictRequest,
+    responses={200: PredictResponse},
+)
+def post_predict(*, principal: Principal, body: PredictRequest) -> Response:
+    """The caller's tenant variant answers when it has one, else the task's shared champion."""
+    limit = get_settings().max_predict_inputs
+    if len(body.inputs) > limit:
+        raise PayloadTooLarge(f"{len(body.inputs)} inputs in one request; the limit is {limit}")
+    session = get_session()
+    tenant = principal.tenant_for(session, body.tenant)
+    task = session.scalar(select(Task).where(Task.name == body.task))
+    if task is None:
+        raise NotFound(f"task '{body.task}' does not exist")
+    served = model_server().predict(session, tenant, task, [ServeInput(i.id, i.text, i.metadata) for i in body.inputs])
+    session.commit()
+    metrics.ROWS_INGESTED.labels(kind="prediction").inc(len(served))
+    return json_response(
+        PredictResponse(
+            predictions=[
+                PredictOutput(
+                    id=s.id,
+                    label=s.label,
+                    confidence=s.confidence,
+                    probabilities=s.probabilities,
+                    model_version=s.model_version,
+                )
+                for s in served
+            ]
+        )
+    )

@@ -1,0 +1,71 @@
+"""Health, readiness, metrics, the OpenAPI document, and a database that is down."""
+
+from __future__ import annotations
+
+import socket
+
+from support import World, prediction
+
+from flywheel.app import create_app
+from flywheel.config import Settings
+
+
+def test_health_ready_and_metrics(client, world: World) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.post("/v1/predictions", json={"predictions": [prediction("p1")]}, headers=world.auth(world.acme_rw))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'flywheel_rows_ingested_total{kind="prediction"}' in text
+    assert "flywheel_http_request_duration_seconds_bucket" in text
+
+
+def test_readyz_fails_on_a_database_without_the_schema(tmp_path) -> None:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}"))
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and "migration" in r.json["detail"]
+
+
+def test_openapi_document_is_generated_from_the_schemas(client) -> None:
+    doc = client.get("/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    post = doc["paths"]["/v1/predictions"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionBatch")
+    item = doc["components"]["schemas"]["PredictionIn"]
+    assert set(item["required"]) == {"id", "task", "text", "label", "confidence"}
+    assert item["properties"]["confidence"]["maximum"] == 1.0
+    assert "/v1/predictions/{prediction_id}" in doc["paths"]
+    assert "application/problem+json" in post["responses"]["default"]["content"]
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"/v1/predictions" in page.data
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_database_down_is_503_problem_with_retry_after_and_no_traceback() -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/flywheel"
+    app = create_app(Settings(database_url=url))
+    client = app.test_client()
+    r = client.post(
+        "/v1/predictions", json={"predictions": [prediction("p1")]}, headers={"Authorization": "Bearer fw_x_y"}
+    )
+    assert r.status_code == 503
+    assert r.content_type == "application/problem+json"
+    assert r.headers["Retry-After"].isdigit()
+    body = r.get_data(as_text=True)
+    assert "Traceback" not in body and "psycopg" not in body and "127.0.0.1" not in body
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unexpected_errors_are_500_problem_without_details(app, client) -> None:
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("secret internals")
+
+    r = client.get("/boom")
+    assert r.status_code == 500 and r.content_type == "application/problem+json"
+    assert "secret" not in r.get_data(as_text=True)
