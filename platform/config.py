@@ -20,6 +20,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
+    threads: int = 4  # gthread worker threads: keep-alive connections and concurrent requests per worker
     log_level: str = "INFO"
     # Ingestion limits (API.md).
     max_batch_items: int = 1000

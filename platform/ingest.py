@@ -5,23 +5,24 @@ Services take the session first and never commit; the caller (a view, the servin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from flywheel.api.schemas import FeedbackIn, PredictionIn
 from flywheel.api.spec import Batch
-from flywheel.db import utcnow
+from flywheel.db import UTCDateTime, utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task, Tenant
+from sqlalchemy import JSON, Table, TableClause, column, select
+from sqlalchemy import table as sa_table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 PROBABILITY_SUM_TOLERANCE = 1e-3
 CONFIDENCE_TOLERANCE = 1e-6
@@ -35,9 +36,12 @@ class IngestResult:
 
 
 def content_hash(item: PredictionIn | FeedbackIn) -> str:
-    """The idempotency fingerprint: what the client sent (unset fields excluded, so a retry matches)."""
-    payload = item.model_dump(mode="json", exclude_unset=True)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The idempotency fingerprint: what the client sent, unset fields excluded so that a retry matches.
+
+    pydantic serializes fields in declaration order and values canonically (datetimes normalized), so equal
+    content gives equal bytes; dict keys (metadata, probabilities) keep the order the client sent them in.
+    """
+    return hashlib.sha256(item.model_dump_json(exclude_unset=True).encode()).hexdigest()
 
 
 def holdout_bucket(client_id: str) -> int:
@@ -45,12 +49,39 @@ def holdout_bucket(client_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(client_id.encode(), digest_size=8).digest(), "big") % 100
 
 
-def _insert_ignoring_conflicts(session: Session, table: Table) -> Any:
+@functools.cache
+def _untyped(table: Table) -> TableClause:
+    """The table with untyped columns: bulk rows arrive already in database form, so SQLAlchemy's per-value type
+    processing (a third of the ingest time for a 1,000-row batch) is skipped."""
+    return sa_table(table.name, *(column(c.name) for c in table.columns))
+
+
+def _to_db(table: Table, rows: list[dict[str, Any]], dialect: str) -> list[dict[str, Any]]:
+    """Serialize JSON columns and datetimes the way the column types would."""
+    json_cols = [c.name for c in table.columns if isinstance(c.type, JSON)]
+    time_cols = [c.name for c in table.columns if isinstance(c.type, UTCDateTime)] if dialect == "sqlite" else []
+    stamps: dict[datetime, str] = {}  # batches share a few timestamps; format each once
+    for row in rows:
+        for name in json_cols:
+            if row[name] is not None:
+                row[name] = json.dumps(row[name])
+        for name in time_cols:  # SQLAlchemy's SQLite storage format: naive UTC
+            value = row[name]
+            if value not in stamps:
+                stamps[value] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            row[name] = stamps[value]
+    return rows
+
+
+def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING, in multi-row VALUES batches; returns client_id -> id inserted."""
     dialect = session.get_bind().dialect.name
-    stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing(
+    bulk = _untyped(table)
+    stmt = (postgresql.insert(bulk) if dialect == "postgresql" else sqlite.insert(bulk)).on_conflict_do_nothing(
         index_elements=["tenant_id", "client_id"]
     )
-    return stmt.returning(table.c.client_id, table.c.id)
+    result = session.execute(stmt.returning(bulk.c.client_id, bulk.c.id), _to_db(table, rows, dialect))
+    return {cid: pk for cid, pk in result.tuples()}
 
 
 def _check_probabilities(item: PredictionIn, labels: set[str]) -> list[tuple[str, str]]:
@@ -114,7 +145,7 @@ def _store(
     new_rows = [r for r in rows if r["client_id"] not in existing]
     stored = {cid: pk for cid, (pk, _h) in existing.items()}
     if new_rows:
-        inserted = dict(session.execute(_insert_ignoring_conflicts(session, table), new_rows).tuples().all())
+        inserted = _insert_ignoring_conflicts(session, table, new_rows)
         stored.update(inserted)
         missing = [r["client_id"] for r in new_rows if r["client_id"] not in inserted]
         if missing:  # a concurrent request stored these ids between our read and our insert

@@ -1,0 +1,278 @@
+"""Ingestion throughput: HTTP through a running gunicorn server vs raw SQL, side by side.
+
+    .venv/bin/python bench/ingest.py                       # SQLite
+    .venv/bin/python bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Real text (banking77) is posted in 1,000-item batches and as single items; the client sends bodies serialized
+beforehand over one keep-alive connection, so only the server's work is timed. The baselines: the same rows
+inserted with raw SQL (SQLite ``executemany`` in one transaction; PostgreSQL ``COPY``) and a no-op POST served by
+the same gunicorn configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"
+
+
+def load_items(n: int) -> tuple[list[str], list[dict[str, Any]]]:
+    with DATA.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = sorted({r["label"] for r in rows})
+    items = []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        other = labels[(labels.index(row["label"]) + 1) % len(labels)]
+        items.append(
+            {
+                "id": f"bench-{i}",
+                "task": "banking77",
+                "text": row["text"],
+                "label": row["label"],
+                "confidence": 0.82,
+                "probabilities": {row["label"]: 0.82, other: 0.18},
+                "model_version": "bench-1",
+                "created_at": "2026-11-27T01:00:00Z",
+                "metadata": {"channel": "chat"},
+            }
+        )
+    return labels, items
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fresh_database(url: str, tmp: Path) -> str:
+    """A new, empty database for one arm of the benchmark."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.db'}"
+    name = f"flywheel_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    if url.startswith("sqlite"):
+        return
+    name = make_url(url).database
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def flywheel(url: str, *args: str) -> str:
+    env = dict(os.environ, FLYWHEEL_DATABASE_URL=url)
+    out = subprocess.run([sys.executable, "-m", "flywheel.cli", *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def prepare(url: str, labels: list[str]) -> str:
+    flywheel(url, "db", "upgrade")
+    flywheel(url, "tenants", "create", "bench", "--name", "Bench")
+    flywheel(url, "tasks", "create", "banking77", "--labels", ",".join(labels))
+    return flywheel(url, "keys", "create", "--tenant", "bench", "--scopes", "ingest")
+
+
+class Server:
+    """gunicorn serving the Flywheel app (plus a no-op POST route for the baseline) on a free port."""
+
+    def __init__(self, url: str, workers: int, threads: int) -> None:
+        self.port = free_port()
+        env = dict(os.environ, FLYWHEEL_DATABASE_URL=url, FLYWHEEL_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "bench.ingest_app:create_bench_app()",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                str(workers),
+                "-k",
+                "gthread",
+                "--threads",
+                str(threads),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("gunicorn did not start")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def post_all(port: int, path: str, bodies: list[bytes], key: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    start = time.perf_counter()
+    for body in bodies:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status not in (200, 201, 204):
+            raise SystemExit(f"POST {path} answered {resp.status}")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def raw_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import hashlib
+
+    from flywheel.ingest import holdout_bucket
+
+    return [
+        {
+            "tenant_id": 1,
+            "task_id": 1,
+            "client_id": it["id"],
+            "text": it["text"],
+            "label": it["label"],
+            "confidence": it["confidence"],
+            "probabilities": json.dumps(it["probabilities"]),
+            "model_version": it["model_version"],
+            "metadata": json.dumps(it["metadata"]),
+            "created_at": "2026-11-27 01:00:00",
+            "received_at": "2026-11-27 01:00:00",
+            "content_hash": hashlib.sha256(it["id"].encode()).hexdigest(),
+            "bucket": holdout_bucket(it["id"]),
+            "effective_label": None,
+            "label_discarded": False,
+            "feedback_count": 0,
+        }
+        for it in items
+    ]
+
+
+COLUMNS = [
+    "tenant_id",
+    "task_id",
+    "client_id",
+    "text",
+    "label",
+    "confidence",
+    "probabilities",
+    "model_version",
+    "metadata",
+    "created_at",
+    "received_at",
+    "content_hash",
+    "bucket",
+    "effective_label",
+    "label_discarded",
+    "feedback_count",
+]
+
+
+def raw_insert(url: str, items: list[dict[str, Any]]) -> float:
+    """The baseline: the same rows with raw SQL, one transaction (SQLite executemany; PostgreSQL COPY)."""
+    rows = raw_rows(items)
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(make_url(url).database)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        sql = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        start = time.perf_counter()
+        with conn:
+            conn.executemany(sql, [tuple(r[c] for c in COLUMNS) for r in rows])
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+    import psycopg
+
+    u = make_url(url)
+    with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, dbname=u.database) as conn:
+        start = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY predictions ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(tuple(r[c] for c in COLUMNS))
+        conn.commit()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default="sqlite")
+    parser.add_argument("--rows", type=int, default=20_000, help="rows for the batched arm and the raw SQL arm")
+    parser.add_argument("--singles", type=int, default=2_000, help="single-item POSTs (and no-op POSTs)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"{DATA} is missing: the benchmark needs ../shared/data")
+    labels, items = load_items(args.rows)
+    tmp = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    base = args.database_url
+
+    results: dict[str, float] = {}
+    # raw SQL baseline
+    raw_url = fresh_database(base, tmp) if base != "sqlite" else f"sqlite:///{tmp / 'raw.db'}"
+    prepare(raw_url, labels)
+    results["raw"] = args.rows / raw_insert(raw_url, items)
+    drop_database(base, raw_url)
+
+    # HTTP arms on one server
+    url = fresh_database(base, tmp) if base != "sqlite" else f"sqlite:///{tmp / 'http.db'}"
+    key = prepare(url, labels)
+    server = Server(url, args.workers, args.threads)
+    try:
+        batches = [json.dumps({"predictions": items[i : i + 1000]}).encode() for i in range(0, len(items), 1000)]
+        results["batched"] = args.rows / post_all(server.port, "/v1/predictions", batches, key)
+        singles = [json.dumps(dict(it, id=f"single-{i}")).encode() for i, it in enumerate(items[: args.singles])]
+        results["single"] = args.singles / post_all(server.port, "/v1/predictions", singles, key)
+        results["noop"] = args.singles / post_all(server.port, "/_bench/noop", singles, key)
+    finally:
+        server.close()
+        drop_database(base, url)
+
+    backend = "PostgreSQL (COPY)" if base != "sqlite" else "SQLite (executemany)"
+    print(f"\nbackend: {backend}; gunicorn gthread workers={args.workers} threads={args.threads}")
+    print(f"{'arm':<34}{'rows/s':>12}{'ratio':>10}")
+    print(f"{'raw SQL, one transaction':<34}{results['raw']:>12,.0f}{1.0:>10.2f}")
+    print(f"{'HTTP, 1,000-item batches':<34}{results['batched']:>12,.0f}{results['batched'] / results['raw']:>10.2f}")
+    print(f"{'no-op POST (same gunicorn)':<34}{results['noop']:>12,.0f}{1.0:>10.2f}")
+    print(f"{'HTTP, single-item POST':<34}{results['single']:>12,.0f}{results['single'] / results['noop']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
