@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response
+
 from flywheel.app import create_app
 
 

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import JSON, Table, TableClause, column, select
+from sqlalchemy import table as sa_table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
 from flywheel.api.schemas import FeedbackIn, PredictionIn
 from flywheel.api.spec import Batch
 from flywheel.db import UTCDateTime, utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from sqlalchemy import JSON, Table, TableClause, column, select
-from sqlalchemy import table as sa_table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 PROBABILITY_SUM_TOLERANCE = 1e-3
 CONFIDENCE_TOLERANCE = 1e-6

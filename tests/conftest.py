@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
 from flywheel.app import create_app
 from flywheel.auth import create_key
 from flywheel.config import Settings
 from flywheel.db import Base, Database
 from flywheel.migrate import upgrade
 from flywheel.models.core import Task, Tenant
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+
 from support import LABELS, World
 
 PG_URL = os.environ.get("FLYWHEEL_TEST_DATABASE_URL")

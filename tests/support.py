@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from flywheel.auth import create_key
 from flywheel.db import Database
 from flywheel.models.core import Tenant

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
-from support import World, prediction
 
 from flywheel.auth import hash_key
 from flywheel.models.core import ApiKey
+
+from support import World, prediction
 
 
 @pytest.mark.parametrize(

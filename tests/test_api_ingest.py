@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
-from support import World, prediction
 
 from flywheel.models.core import Feedback, Prediction
+
+from support import World, prediction
 
 
 def count(world: World, model: type = Prediction) -> int:

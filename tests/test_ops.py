@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from support import World, prediction
-
 from flywheel.app import create_app
 from flywheel.config import Settings
+
+from support import World, prediction
 
 
 def test_health_ready_and_metrics(client, world: World) -> None:
