@@ -29,4 +29,7 @@ def create_task(session: Session, spec: TaskIn) -> Task:
     )
     session.add(task)
     session.flush()
+    from flywheel.retrain.registry import ensure_zero_shot
+
+    ensure_zero_shot(session, task)  # day one: the zero-shot model serves until feedback trains a better one
     return task

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy import select
+
 from flywheel import metrics
 from flywheel.api.schemas import ClientId, Name, Strict
 from flywheel.api.spec import json_response, operation
@@ -13,8 +16,6 @@ from flywheel.context import get_session, get_settings
 from flywheel.errors import NotFound, PayloadTooLarge
 from flywheel.models.core import Task
 from flywheel.serving import ModelServer, ServeInput
-from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 bp = Blueprint("predict", __name__, url_prefix="/v1")
 
@@ -25,6 +26,7 @@ class PredictInput(Strict):
     id: ClientId | None = Field(default=None, description="the idempotency key; generated when absent")
     text: str = Field(min_length=1, max_length=100_000)
     metadata: dict[str, Any] | None = None
+    created_at: AwareDatetime | None = Field(default=None, description="when the request happened; default now")
 
 
 class PredictRequest(Strict):
@@ -49,9 +51,11 @@ def model_server() -> ModelServer:
     """This worker's model server (created on first use; each process has its own)."""
     server = current_app.extensions.get(SERVER_KEY)
     if server is None:
-        server = ModelServer(optimize=get_settings().serve_optimized)
+        settings = get_settings()
+        server = ModelServer(optimize=settings.serve_optimized, default_base=settings.base_model or None)
         current_app.extensions[SERVER_KEY] = server
-    return server  # type: ignore[no-any-return]
+    assert isinstance(server, ModelServer)
+    return server
 
 
 @operation(
@@ -73,7 +77,9 @@ def post_predict(*, principal: Principal, body: PredictRequest) -> Response:
     task = session.scalar(select(Task).where(Task.name == body.task))
     if task is None:
         raise NotFound(f"task '{body.task}' does not exist")
-    served = model_server().predict(session, tenant, task, [ServeInput(i.id, i.text, i.metadata) for i in body.inputs])
+    served = model_server().predict(
+        session, tenant, task, [ServeInput(i.id, i.text, i.metadata, i.created_at) for i in body.inputs]
+    )
     session.commit()
     metrics.ROWS_INGESTED.labels(kind="prediction").inc(len(served))
     return json_response(

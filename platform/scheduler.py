@@ -1,0 +1,384 @@
+"""The scheduler process (``flywheel scheduler``): nightly retraining, hourly monitoring, the training queue.
+
+Exactly one scheduler is active. Two database mechanisms make that hold without a coordinator:
+
+- a leader lease (``job_locks`` row ``scheduler``): a process runs APScheduler only while it holds the lease and
+  renews it every ``ttl / 3``; a second process waits and takes over when the lease expires (kill -9 included);
+- a once-per-fire record (``job_runs``, unique on job id + fire time): even if two processes fired the same cron
+  at the same moment (a lease handover mid-fire), the second insert fails and that process skips the job.
+
+APScheduler keeps its job definitions in the application database (``SQLAlchemyJobStore``; the table
+``apscheduler_jobs`` is excluded from Alembic). Every job has an explicit id and is re-registered with
+``replace_existing=True`` at start. Training runs execute in a worker thread of this process; web workers never train.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from flywheel.config import Settings
+from flywheel.db import Database, utcnow
+from flywheel.models.registry import JobLock, JobRun
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK = "scheduler"
+JOB_NIGHTLY = "flywheel.nightly_retrain"
+JOB_MONITORING = "flywheel.monitoring"
+JOB_POLL = "flywheel.training_poll"
+JOB_EARLY = "flywheel.early_retrain"
+
+# The running services of this process, by key: APScheduler stores a job's function by reference and its args
+# pickled, so jobs carry the key of their service rather than the service itself.
+_SERVICES: dict[str, SchedulerService] = {}
+
+
+# --- leases and once-per-fire ------------------------------------------------------------------------------------
+
+
+def acquire_lease(db: Database, name: str, owner: str, ttl_s: float, *, now: datetime | None = None) -> bool:
+    """Take or renew the lease ``name`` for ``owner``; False while another owner's lease is unexpired."""
+    now = now or utcnow()
+    expires = now + timedelta(seconds=ttl_s)
+    with db.session() as session:
+        result = session.execute(
+            update(JobLock)
+            .where(JobLock.name == name, or_(JobLock.owner == owner, JobLock.expires_at < now))
+            .values(owner=owner, expires_at=expires)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            return True
+        if session.get(JobLock, name) is not None:
+            return False
+        try:
+            with session.begin_nested():
+                session.add(JobLock(name=name, owner=owner, acquired_at=now, expires_at=expires))
+        except IntegrityError:
+            return False
+        return True
+
+
+def release_lease(db: Database, name: str, owner: str) -> None:
+    with db.session() as session:
+        session.execute(delete(JobLock).where(JobLock.name == name, JobLock.owner == owner))
+
+
+def lease_holder(db: Database, name: str) -> str | None:
+    with db.session() as session:
+        row = session.get(JobLock, name)
+        return row.owner if row is not None and row.expires_at > utcnow() else None
+
+
+def last_fire_time(trigger: Any, now: datetime, *, lookback: timedelta = timedelta(days=2)) -> datetime | None:
+    """The latest time ``trigger`` fired at or before ``now`` (what a late or coalesced execution belongs to)."""
+    last = None
+    fire = trigger.get_next_fire_time(None, now - lookback)
+    while fire is not None and fire <= now:
+        last = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return last
+
+
+def run_once(db: Database, job_id: str, fire_key: str, owner: str, fn: Callable[[], Any]) -> bool:
+    """Run ``fn`` unless this (job, fire time) already ran anywhere; the unique row decides. True when it ran."""
+    try:
+        with db.session() as session:
+            session.add(JobRun(job_id=job_id, fire_key=fire_key, owner=owner, status="running", detail={}))
+    except IntegrityError:
+        log.info("job %s for %s already ran elsewhere; skipping", job_id, fire_key)
+        return False
+    status: str = "succeeded"
+    detail: dict[str, Any] = {}
+    try:
+        result = fn()
+        if isinstance(result, list | dict):
+            detail = {"result": result}
+    except Exception as exc:
+        status, detail = "failed", {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        log.exception("job %s failed", job_id)
+    with db.session() as session:
+        session.execute(
+            update(JobRun)
+            .where(JobRun.job_id == job_id, JobRun.fire_key == fire_key)
+            .values(status=status, detail=detail, finished_at=utcnow())
+        )
+    return True
+
+
+# --- job functions (module level: the job store references them by name) --------------------------------------------
+
+
+def _service(key: str) -> SchedulerService | None:
+    service = _SERVICES.get(key)
+    if service is None:
+        log.warning("no scheduler service %s in this process; job skipped", key)
+    return service
+
+
+def nightly_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.run_cron_job(JOB_NIGHTLY, service.nightly)
+
+
+def monitoring_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.run_cron_job(JOB_MONITORING, service.monitoring)
+
+
+def poll_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.poll()
+
+
+def early_retrain_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.early_retrain()
+
+
+# --- the service -------------------------------------------------------------------------------------------------
+
+
+class SchedulerService:
+    """One scheduler: waits for the leader lease, then runs APScheduler and the training worker while it leads.
+
+    ``triggers`` overrides the trigger of a job by id (tests fire the nightly job at a chosen moment).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        triggers: dict[str, Any] | None = None,
+        lease_ttl_s: float | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.key = uuid.uuid4().hex[:12]
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{self.key}"
+        self.lease_ttl_s = float(lease_ttl_s or settings.scheduler_lock_ttl_seconds)
+        self.trigger_overrides = dict(triggers or {})
+        self.leading = threading.Event()
+        self._stop = threading.Event()
+        self._scheduler: Any = None
+        self._thread: threading.Thread | None = None
+        self._training = threading.Lock()
+        self._trainer: threading.Thread | None = None
+        self.triggers: dict[str, Any] = self._build_triggers()  # a bad cron string fails here, at start-up
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Start in the background: lead when the lease is free, stand by otherwise."""
+        _SERVICES[self.key] = self
+        self._thread = threading.Thread(target=self._lead_loop, name=f"scheduler-{self.key}", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stop_scheduler()
+        if self._trainer is not None:
+            self._trainer.join(timeout)
+        release_lease(self.db, LEADER_LOCK, self.owner)
+        _SERVICES.pop(self.key, None)
+
+    def run_forever(self) -> None:
+        """``flywheel scheduler``: run until SIGINT/SIGTERM."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.start()
+        while not self._stop.wait(1.0):
+            pass
+        self.stop()
+
+    def _lead_loop(self) -> None:
+        renew_every = max(self.lease_ttl_s / 3, 0.2)
+        waiting_logged = False
+        while not self._stop.is_set():
+            try:
+                held = acquire_lease(self.db, LEADER_LOCK, self.owner, self.lease_ttl_s)
+            except Exception:
+                log.warning("scheduler lease check failed", exc_info=True)
+                held = False
+            if held and not self.leading.is_set():
+                log.info("scheduler %s is now the active scheduler", self.owner)
+                try:
+                    self._become_leader()
+                except Exception:
+                    log.exception("scheduler %s could not start its jobs; standing by", self.owner)
+                    self._stop_scheduler()
+                    release_lease(self.db, LEADER_LOCK, self.owner)
+                    held = False
+            elif not held and self.leading.is_set():
+                log.error("scheduler %s lost its lease; standing by", self.owner)
+                self._stop_scheduler()
+            elif not held and not waiting_logged:
+                log.info("another scheduler is active (%s); standing by", lease_holder(self.db, LEADER_LOCK))
+                waiting_logged = True
+            self._stop.wait(renew_every if held else min(renew_every, 2.0))
+
+    def _become_leader(self) -> None:
+        from flywheel.retrain.jobs import recover_stale_runs
+
+        recover_stale_runs(self.db, self.settings)
+        self._start_scheduler()
+        self.leading.set()
+        self.poll()  # queued runs start now, not one poll interval later
+
+    def _build_triggers(self) -> dict[str, Any]:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        triggers = {
+            JOB_NIGHTLY: CronTrigger.from_crontab(self.settings.retrain_cron, timezone=UTC),
+            JOB_MONITORING: CronTrigger.from_crontab(self.settings.monitor_cron, timezone=UTC),
+            JOB_POLL: IntervalTrigger(seconds=self.settings.training_poll_seconds, timezone=UTC),
+            JOB_EARLY: IntervalTrigger(seconds=self.settings.early_retrain_check_seconds, timezone=UTC),
+        }
+        triggers.update(self.trigger_overrides)
+        return triggers
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.db.engine)},
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 6 * 3600},
+            timezone=UTC,
+        )
+        functions = {
+            JOB_NIGHTLY: nightly_job,
+            JOB_MONITORING: monitoring_job,
+            JOB_POLL: poll_job,
+            JOB_EARLY: early_retrain_job,
+        }
+        for job_id, fn in functions.items():
+            scheduler.add_job(
+                fn, trigger=self.triggers[job_id], id=job_id, name=job_id, args=[self.key], replace_existing=True
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def _stop_scheduler(self) -> None:
+        self.leading.clear()
+        if self._scheduler is not None:
+            try:
+                self._scheduler.shutdown(wait=False)
+            except Exception:
+                log.warning("scheduler shutdown failed", exc_info=True)
+            self._scheduler = None
+
+    # jobs
+
+    def run_cron_job(self, job_id: str, fn: Callable[[], Any], *, now: datetime | None = None) -> bool:
+        """Run a cron job once for its latest fire time (no matter how many processes fire it)."""
+        if not self.leading.is_set():
+            return False
+        now = now or utcnow()
+        trigger = self.triggers.get(job_id)
+        fire = last_fire_time(trigger, now) if trigger is not None else None
+        fire_key = (fire or now).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return run_once(self.db, job_id, fire_key, self.owner, fn)
+
+    def nightly(self) -> list[int]:
+        from flywheel.retrain.jobs import nightly_retrain
+
+        queued = nightly_retrain(self.db, self.settings)
+        self.poll()
+        return queued
+
+    def monitoring(self) -> Any:
+        try:
+            from flywheel.monitoring.jobs import run_monitoring
+        except ImportError:
+            log.info("monitoring is not installed; hourly job skipped")
+            return None
+        result = run_monitoring(self.db, self.settings)
+        self.early_retrain()  # a fresh breach triggers an early run now rather than at the next check
+        return result if isinstance(result, list | dict) else None
+
+    def early_retrain(self) -> list[int]:
+        from flywheel.retrain.jobs import check_early_retrain
+
+        if not self.leading.is_set():
+            return []
+        queued = check_early_retrain(self.db, self.settings)
+        if queued:
+            self.poll()
+        return queued
+
+    def poll(self) -> None:
+        """Hand queued runs to the training thread when it is idle (one training at a time per scheduler)."""
+        if not self.leading.is_set() or self._stop.is_set():
+            return
+        if not self._training.acquire(blocking=False):
+            return
+        try:
+            from flywheel.retrain.jobs import recover_stale_runs
+
+            recover_stale_runs(self.db, self.settings)
+            self._trainer = threading.Thread(target=self._train_queued, name=f"trainer-{self.key}", daemon=True)
+            self._trainer.start()
+        except BaseException:
+            self._training.release()
+            raise
+
+    def _train_queued(self) -> None:
+        from flywheel.retrain.jobs import claim_next, run_training
+
+        try:
+            while self.leading.is_set() and not self._stop.is_set():
+                run_id = claim_next(self.db)
+                if run_id is None:
+                    break
+                log.info("training run %s started", run_id)
+                status = run_training(self.db, self.settings, run_id)
+                log.info("training run %s finished: %s", run_id, status)
+        except Exception:
+            log.exception("training worker failed")
+        finally:
+            self._training.release()
+
+
+def start_scheduler_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """``flywheel up``: the scheduler as its own process beside gunicorn (never inside a web worker)."""
+    env = dict(os.environ, FLYWHEEL_DATABASE_URL=settings.database_url)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from flywheel.cli import main; main()", "scheduler"],
+        env=env,
+    )
+
+
+def select_job_runs(db: Database, job_id: str) -> list[tuple[str, str, str]]:
+    """(fire_key, owner, status) of a job's executions, oldest first (for tests and the CLI)."""
+    with db.session() as session:
+        return [
+            (k, o, s)
+            for k, o, s in session.execute(
+                select(JobRun.fire_key, JobRun.owner, JobRun.status).where(JobRun.job_id == job_id).order_by(JobRun.id)
+            )
+        ]

@@ -1,0 +1,167 @@
+"""Training-set assembly: effective labels in, label issues and discarded items out, the holdout set aside.
+
+The holdout of each (tenant, task) is the predictions with ``bucket < settings.holdout_percent`` (a stable hash of
+the client id, computed at ingest). It never trains and is never filtered by label quality: it is where the gate
+compares models, so the label-quality pass must not be able to make a model look better by removing its mistakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from flywheel.models.core import Prediction, Task, Tenant
+
+if TYPE_CHECKING:
+    from flywheel.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def holdout_filter(holdout_percent: int) -> ColumnElement[bool]:
+    """The SQL condition selecting holdout predictions (use ``~holdout_filter(p)`` for the training pool)."""
+    return Prediction.bucket < holdout_percent
+
+
+def is_holdout(bucket: int, holdout_percent: int) -> bool:
+    return bucket < holdout_percent
+
+
+@dataclass
+class LabeledSet:
+    """Rows of one split, aligned: prediction ids, texts, labels, the tenant slug of each row."""
+
+    ids: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    tenants: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, pid: int, text: str, label: str, tenant: str, content_hash: str) -> None:
+        self.ids.append(pid)
+        self.texts.append(text)
+        self.labels.append(label)
+        self.tenants.append(tenant)
+        self.hashes.append(content_hash)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over (id, content hash, label) of every row: what exactly this split contained."""
+        digest = hashlib.sha256()
+        for pid, h, label in zip(self.ids, self.hashes, self.labels, strict=True):
+            digest.update(f"{pid}:{h}:{label}\n".encode())
+        return digest.hexdigest()
+
+    def label_counts(self) -> dict[str, int]:
+        return dict(Counter(self.labels))
+
+
+@dataclass
+class TrainingData:
+    task_id: int
+    tenant_id: int | None
+    labels: list[str]
+    train: LabeledSet
+    holdout: LabeledSet
+    excluded: int  # training-pool rows removed by label quality (issues, discarded, excluded sources)
+
+    def lineage(self) -> dict[str, Any]:
+        """What trained (and evaluated) a model: counts per tenant and content hashes of both splits."""
+        return {
+            "n_train": len(self.train),
+            "n_holdout": len(self.holdout),
+            "n_excluded": self.excluded,
+            "tenants": dict(sorted(Counter(self.train.tenants).items())),
+            "holdout_tenants": dict(sorted(Counter(self.holdout.tenants).items())),
+            "train_sha256": self.train.fingerprint(),
+            "holdout_sha256": self.holdout.fingerprint(),
+            "train_id_range": [min(self.train.ids), max(self.train.ids)] if self.train.ids else None,
+        }
+
+
+def excluded_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
+    """Prediction ids the label-quality pass keeps out of training (none when that pass is not installed)."""
+    try:
+        from flywheel.feedback.labels import excluded_prediction_ids
+    except ImportError:
+        return set()
+    return set(excluded_prediction_ids(session, tenant_id, task_id))
+
+
+def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int) -> TrainingData:
+    """The training pool and the holdout of ``task``: one tenant's data for a variant, every tenant's otherwise."""
+    stmt = (
+        select(
+            Prediction.id,
+            Prediction.text,
+            Prediction.effective_label,
+            Prediction.bucket,
+            Prediction.content_hash,
+            Prediction.tenant_id,
+            Tenant.slug,
+        )
+        .join(Tenant, Tenant.id == Prediction.tenant_id)
+        .where(
+            Prediction.task_id == task.id,
+            Prediction.effective_label.is_not(None),
+            Prediction.label_discarded.is_(False),
+        )
+        .order_by(Prediction.id)
+    )
+    if tenant is not None:
+        stmt = stmt.where(Prediction.tenant_id == tenant.id)
+    rows = session.execute(stmt).all()
+    valid = set(task.labels)
+    excluded_by_tenant: dict[int, set[int]] = {}
+    train, holdout = LabeledSet(), LabeledSet()
+    excluded = 0
+    for pid, text, label, bucket, chash, tid, slug in rows:
+        if label not in valid:
+            continue
+        if is_holdout(bucket, holdout_percent):
+            holdout.add(pid, text, label, slug, chash)
+            continue
+        if tid not in excluded_by_tenant:
+            excluded_by_tenant[tid] = excluded_ids(session, tid, task.id)
+        if pid in excluded_by_tenant[tid]:
+            excluded += 1
+            continue
+        train.add(pid, text, label, slug, chash)
+    return TrainingData(
+        task_id=task.id,
+        tenant_id=tenant.id if tenant else None,
+        labels=list(task.labels),
+        train=train,
+        holdout=holdout,
+        excluded=excluded,
+    )
+
+
+def embeddings_for(db: Database, texts: list[str], base_model: str | None, *, chunk: int = 512) -> Any:
+    """Frozen-encoder embeddings through the feedback area's cache when it exists, else computed here.
+
+    One short transaction per chunk: on SQLite a transaction holds the write lock, and ingestion must not wait
+    for a whole training set to be embedded.
+    """
+    import numpy as np
+
+    from flywheel.retrain.encoder import load_encoder
+
+    encoder = load_encoder(base_model or None)
+    try:
+        from flywheel.feedback.embeddings import get_embeddings
+    except ImportError:
+        return encoder.embed(texts)
+    parts = []
+    for start in range(0, len(texts), chunk):
+        with db.session() as session:
+            parts.append(np.asarray(get_embeddings(session, texts[start : start + chunk], encoder=encoder)))
+    return np.concatenate(parts) if parts else encoder.embed([])

@@ -1,0 +1,113 @@
+"""Helpers for the retraining platform tests: a tiny local base model, a synthetic task, labeled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from flywheel.api.schemas import FeedbackIn, PredictionIn
+from flywheel.db import Database
+from flywheel.ingest import ingest_feedback, ingest_predictions
+from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.retrain.registry import ensure_zero_shot
+
+KEYWORDS = {
+    "card": ["card", "arrive", "delivery", "post", "mail"],
+    "refund": ["refund", "money", "back", "return", "reimburse"],
+    "login": ["login", "password", "account", "locked", "reset"],
+}
+FILLER = ["i", "my", "the", "please", "help", "when", "why", "is", "not", "can", "you", "still", "a", "it"]
+LABELS = list(KEYWORDS)
+TASK = "support"
+
+
+def build_tiny_base(path: Path) -> Path:
+    """A local save_pretrained base: a 2-layer BertModel (hidden 32) and a tokenizer over the synthetic words."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *(w for ws in KEYWORDS.values() for w in ws)]
+    path.mkdir(parents=True, exist_ok=True)
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+def synthetic(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """``n`` texts with two keywords of their label among filler words; labels balanced."""
+    rng = np.random.default_rng(seed)
+    texts, ys = [], []
+    for i in range(n):
+        label = LABELS[i % len(LABELS)]
+        words = list(rng.choice(KEYWORDS[label], size=2)) + list(rng.choice(FILLER, size=4))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        ys.append(label)
+    return texts, ys
+
+
+def make_task(db: Database, base: Path, *, tenants: tuple[str, ...] = ("acme", "globex")) -> None:
+    """The ``support`` task on the tiny base, its zero-shot champion, and tenants (created where missing)."""
+    with db.session() as session:
+        for slug in tenants:
+            if session.scalar(select(Tenant).where(Tenant.slug == slug)) is None:
+                session.add(Tenant(slug=slug, name=slug.title()))
+        task = Task(name=TASK, labels=LABELS, label_descriptions={}, description="", base_model=str(base))
+        session.add(task)
+        session.flush()
+        ensure_zero_shot(session, task)
+
+
+def add_labeled(db: Database, tenant: str, n: int, *, seed: int, prefix: str | None = None) -> list[str]:
+    """Log ``n`` predictions for ``tenant`` and label each through feedback (the effective-label rule runs)."""
+    texts, ys = synthetic(n, seed)
+    prefix = prefix or f"{tenant}-{seed}"
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    with db.session() as session:
+        t = session.scalar(select(Tenant).where(Tenant.slug == tenant))
+        assert t is not None
+        ingest_predictions(
+            session,
+            t,
+            [
+                PredictionIn(id=cid, task=TASK, text=text, label=LABELS[0], confidence=0.5)
+                for cid, text in zip(ids, texts, strict=True)
+            ],
+        )
+        ingest_feedback(
+            session,
+            t,
+            [
+                FeedbackIn(id=f"fb-{cid}", prediction_id=cid, label=y, source="agent", source_id="agent-1")
+                for cid, y in zip(ids, ys, strict=True)
+            ],
+        )
+    return ids
+
+
+def shuffle_training_labels(db: Database, holdout_percent: int, seed: int = 1) -> int:
+    """Permute the effective labels of the training pool (the holdout keeps its true labels)."""
+    rng = np.random.default_rng(seed)
+    with db.session() as session:
+        rows = list(
+            session.scalars(
+                select(Prediction).where(Prediction.effective_label.is_not(None), Prediction.bucket >= holdout_percent)
+            )
+        )
+        labels = [r.effective_label for r in rows]
+        # A derangement-ish shuffle: rotate the label set so every training label is wrong.
+        rotate = {a: b for a, b in zip(LABELS, LABELS[1:] + LABELS[:1], strict=True)}
+        for r, label in zip(rows, labels, strict=True):
+            r.effective_label = rotate[label] if rng.random() < 0.9 else label
+        return len(rows)
