@@ -122,6 +122,19 @@ def run_once(db: Database, job_id: str, fire_key: str, owner: str, fn: Callable[
 # --- job functions (module level: the job store references them by name) --------------------------------------------
 
 
+def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
+    """The nightly work before training: the label-quality pass (so tonight's training set leaves out the label
+    issues it finds), then one queued training run per task and eligible tenant. Returns the queued run ids."""
+    from flywheel.retrain.jobs import nightly_retrain
+
+    if settings.label_quality_enabled:
+        from flywheel.feedback.jobs import label_quality_pass
+
+        label_quality_pass(db, settings)
+    return nightly_retrain(db, settings)
+
+
+
 def _service(key: str) -> SchedulerService | None:
     service = _SERVICES.get(key)
     if service is None:
@@ -305,9 +318,7 @@ class SchedulerService:
         return run_once(self.db, job_id, fire_key, self.owner, fn)
 
     def nightly(self) -> list[int]:
-        from flywheel.retrain.jobs import nightly_retrain
-
-        queued = nightly_retrain(self.db, self.settings)
+        queued = nightly_pipeline(self.db, self.settings)
         self.poll()
         return queued
 

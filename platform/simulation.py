@@ -1,0 +1,657 @@
+"""The flywheel, replayed: real text as production traffic through a real running server, over simulated days.
+
+Each simulated day, several tenants send traffic through ``POST /v1/predict``; users send feedback on part of it,
+late, with a known share of wrong labels (some from one careless source); then the scheduler's own job functions run
+on the simulated clock: the label-quality pass, the SLA and drift evaluation, the nightly retraining with its gate.
+
+Three arms replay the same traffic from the same seed on three fresh databases:
+
+- ``cleaned``: noisy feedback, label quality on (label issues are left out of training);
+- ``uncleaned``: the same noisy feedback, label quality off;
+- ``true_labels``: the same items with their true labels, as the ceiling.
+
+Each day the shared champion of every arm is scored on the untouched test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import requests
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from flywheel.auth import create_key
+from flywheel.config import Settings
+from flywheel.db import Database
+from flywheel.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+ARMS = ("cleaned", "uncleaned", "true_labels")
+TASK = "sim-intent"
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+STATUS_CODES = {"met": 0, "at_risk": 1, "breached": 2, "insufficient_data": 3}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    train: Path
+    test: Path
+    out: Path
+    days: int = 7
+    daily: int = 500
+    feedback_rate: float = 0.5
+    noise: float = 0.2
+    careless_share: float = 0.25  # of the wrong labels, the share given by one careless source (always wrong)
+    tenants: int = 3
+    shift: Path | None = None
+    shift_day: int = 4
+    shift_share: float = 0.5  # of the shifted tenant's traffic from the shift day on
+    max_feedback_delay: int = 2  # days
+    database_url: str | None = None  # a PostgreSQL server to create the arms' databases on; SQLite files otherwise
+    seed: int = 0
+    test_limit: int | None = None
+    sla_threshold: float = 0.75  # measured against user feedback, which carries the injected noise
+    arms: tuple[str, ...] = ARMS
+    settings: dict[str, Any] = field(default_factory=dict)  # Settings overrides (ladder thresholds, base model…)
+
+
+@dataclass
+class Item:
+    id: str
+    tenant: str
+    day: int
+    text: str
+    label: str  # the truth
+    shifted: bool
+
+
+@dataclass
+class FeedbackPlan:
+    item: str
+    tenant: str
+    day: int  # the day it arrives
+    noisy_label: str
+    true_label: str
+    source_id: str
+
+
+@dataclass
+class Plan:
+    labels: list[str]
+    items: list[Item]
+    feedback: list[FeedbackPlan]
+    test_texts: list[str]
+    test_labels: list[str]
+
+    @property
+    def wrong_ids(self) -> set[str]:
+        return {f.item for f in self.feedback if f.noisy_label != f.true_label}
+
+
+def read_csv(path: Path) -> list[tuple[str, str]]:
+    """``text,label`` rows (other columns ignored)."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} must have 'text' and 'label' columns")
+        return [(row["text"], row["label"]) for row in reader if row["text"].strip()]
+
+
+def make_plan(cfg: SimConfig) -> Plan:
+    """The whole traffic and feedback schedule, fixed by the seed, shared by every arm."""
+    rng = np.random.default_rng(cfg.seed)
+    train = read_csv(cfg.train)
+    test = read_csv(cfg.test)
+    labels = sorted({label for _, label in train})
+    shift = read_csv(cfg.shift) if cfg.shift else []
+    order = rng.permutation(len(train))
+    shift_order = rng.permutation(len(shift)) if shift else np.array([], dtype=int)
+    tenants = [f"tenant-{k + 1}" for k in range(cfg.tenants)]
+    items: list[Item] = []
+    n_plain = n_shift = 0
+    for day in range(cfg.days):
+        for i in range(cfg.daily):
+            tenant = tenants[i % len(tenants)]
+            use_shift = (
+                bool(shift)
+                and tenant == tenants[0]
+                and day >= cfg.shift_day
+                and rng.random() < cfg.shift_share
+                and n_shift < len(shift)
+            )
+            if use_shift:
+                text_, label = shift[shift_order[n_shift]]
+                n_shift += 1
+            else:
+                text_, label = train[order[n_plain % len(order)]]
+                n_plain += 1
+            items.append(Item(f"d{day}-{i}", tenant, day, text_, label, use_shift))
+    feedback: list[FeedbackPlan] = []
+    careless_rate = cfg.noise * cfg.careless_share  # share of all feedback that comes from the careless source
+    honest_wrong = (cfg.noise - careless_rate) / max(1e-9, 1 - careless_rate)
+    for item in items:
+        if item.label not in labels or rng.random() >= cfg.feedback_rate:
+            continue
+        day = item.day + int(rng.integers(0, cfg.max_feedback_delay + 1))
+        if day >= cfg.days:
+            continue
+        careless = rng.random() < careless_rate
+        wrong = careless or rng.random() < honest_wrong
+        noisy = item.label
+        if wrong:
+            others = [x for x in labels if x != item.label]
+            noisy = others[int(rng.integers(0, len(others)))]
+        source_id = "careless-clicker" if careless else f"user-{int(rng.integers(0, 200))}"
+        feedback.append(FeedbackPlan(item.id, item.tenant, day, noisy, item.label, source_id))
+    test_rows = test[: cfg.test_limit] if cfg.test_limit else test
+    return Plan(labels, items, feedback, [t for t, _ in test_rows], [y for _, y in test_rows])
+
+
+# --- one arm ------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def arm_database(cfg: SimConfig, arm: str) -> Iterator[str]:
+    """A fresh database for one arm: a SQLite file under ``out``, or a new database on the PostgreSQL server."""
+    if not cfg.database_url or cfg.database_url.startswith("sqlite"):
+        path = cfg.out / f"{arm}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        yield f"sqlite:///{path}"
+        return
+    name = f"flywheel_sim_{arm}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(cfg.database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(cfg.database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Server:
+    """The Flywheel web app on a real socket (127.0.0.1, a free port), served from a thread."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        from werkzeug.serving import make_server
+
+        from flywheel.app import create_app
+
+        self._server = make_server("127.0.0.1", 0, create_app(settings, db=db), threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=10)
+
+
+class Client:
+    """A product backend and a customer-success admin, talking HTTP."""
+
+    def __init__(self, base: str, admin_key: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+        self.admin = admin_key
+        self.keys: dict[str, str] = {}
+
+    def call(self, method: str, path: str, key: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        r = self.http.request(method, self.base + path, json=body, headers={"Authorization": f"Bearer {key}"})
+        if r.status_code not in ok:
+            raise RuntimeError(f"{method} {path} answered {r.status_code}: {r.text[:500]}")
+        return r.json() if r.content and r.headers.get("content-type", "").endswith("json") else None
+
+
+def _sim_now(day: int, hour: int = 23) -> datetime:
+    return T0 + timedelta(days=day, hours=hour)
+
+
+def run_arm(cfg: SimConfig, plan: Plan, arm: str, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Replay the plan through a fresh system; one metrics row per simulated day."""
+    with arm_database(cfg, arm) as url:
+        overrides = {
+            "artifacts_dir": cfg.out / arm / "artifacts",
+            "label_quality_enabled": arm == "cleaned",
+            **cfg.settings,
+        }
+        settings = Settings(database_url=url, log_level="WARNING", **overrides)
+        db = Database(url)
+        upgrade(db.engine)
+        with db.session() as session:
+            admin_key = create_key(session, tenant=None, scopes=["admin"], name="simulation")[1]
+        server = Server(settings, db)
+        try:
+            return _replay(cfg, plan, arm, settings, db, Client(server.url, admin_key), progress)
+        finally:
+            server.close()
+            db.dispose()
+
+
+def _replay(
+    cfg: SimConfig,
+    plan: Plan,
+    arm: str,
+    settings: Settings,
+    db: Database,
+    api: Client,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    from flywheel.models.core import Feedback, Prediction, Task
+    from flywheel.models.registry import TrainingRun
+    from flywheel.monitoring.jobs import run_monitoring
+    from flywheel.retrain.jobs import process_queue
+    from flywheel.scheduler import nightly_pipeline
+
+    tenants = sorted({i.tenant for i in plan.items})
+    api.call("POST", "/v1/tasks", api.admin, {"name": TASK, "labels": plan.labels})
+    for t in tenants:
+        api.call("POST", "/v1/tenants", api.admin, {"slug": t, "name": t.replace("-", " ").title()})
+        api.keys[t] = api.call("POST", "/v1/keys", api.admin, {"tenant": t, "scopes": ["ingest", "read"]})["key"]
+        sla = {"metric": "accuracy", "threshold": cfg.sla_threshold, "window_days": 7, "min_labeled": 30}
+        api.call("PUT", f"/v1/slas/{t}/{TASK}", api.admin, sla)
+
+    by_day: dict[int, list[Item]] = defaultdict(list)
+    for item in plan.items:
+        by_day[item.day].append(item)
+    fb_by_day: dict[int, list[FeedbackPlan]] = defaultdict(list)
+    for f in plan.feedback:
+        fb_by_day[f.day].append(f)
+
+    rows: list[dict[str, Any]] = []
+    served = 0
+    feedback_sent = 0
+    champion_before: int | None = None
+    alerts_seen = 0
+    last_run = 0
+    for day in range(cfg.days):
+        stamp = _sim_now(day, 12).isoformat()
+        for t in tenants:
+            todays = [i for i in by_day[day] if i.tenant == t]
+            for start in range(0, len(todays), 256):
+                chunk = todays[start : start + 256]
+                body = {
+                    "task": TASK,
+                    "inputs": [{"id": i.id, "text": i.text, "created_at": stamp} for i in chunk],
+                }
+                out = api.call("POST", "/v1/predict", api.keys[t], body)
+                served += len(out["predictions"])
+        for t in tenants:
+            items = [
+                {
+                    "id": f"fb-{f.item}",
+                    "prediction_id": f.item,
+                    "label": f.true_label if arm == "true_labels" else f.noisy_label,
+                    "source": "end_user",
+                    "source_id": f.source_id,
+                    "created_at": _sim_now(day, 18).isoformat(),
+                }
+                for f in fb_by_day[day]
+                if f.tenant == t
+            ]
+            for start in range(0, len(items), 1000):
+                api.call("POST", "/v1/feedback", api.keys[t], {"feedback": items[start : start + 1000]})
+                feedback_sent += len(items[start : start + 1000])
+
+        # The scheduler's own job functions, on the simulated clock: the hourly monitoring (once, at day's end),
+        # then the nightly pipeline (label quality, queue runs) and the training worker's queue.
+        run_monitoring(db, settings, now=_sim_now(day))
+        nightly_pipeline(db, settings)
+        process_queue(db, settings)
+
+        with db.session() as session:
+            task = session.scalar(select(Task).where(Task.name == TASK))
+            assert task is not None
+            logged = session.scalar(select(func.count(Prediction.id)).where(Prediction.task_id == task.id))
+            stored_feedback = session.scalar(select(func.count(Feedback.id)))
+            labeled = session.scalar(select(func.count(Prediction.id)).where(Prediction.effective_label.is_not(None)))
+            runs = list(session.scalars(select(TrainingRun).where(TrainingRun.id > last_run).order_by(TrainingRun.id)))
+            gate_log = [_gate_record(r) for r in runs]
+            last_run = max([last_run, *(r.id for r in runs)])
+            champion = _shared_champion(session, task.id)
+            accuracy = _accuracy(champion, plan)
+            issues = _label_issue_scores(session, plan) if arm == "cleaned" else (None, None)
+        slas = api.call("GET", "/v1/slas", api.admin)["items"]
+        alerts = api.call("GET", "/v1/alerts", api.admin)["items"]
+        shifted = tenants[0]
+        row = {
+            "day": day,
+            "arm": arm,
+            "accuracy": accuracy,
+            "champion": champion.version,
+            "rung": champion.rung,
+            "promoted": champion_before is not None and champion.id != champion_before,
+            "served": served,
+            "logged": logged,
+            "feedback_sent": feedback_sent,
+            "feedback_stored": stored_feedback,
+            "labeled": labeled,
+            "gate": gate_log,
+            "label_issue_precision": issues[0],
+            "label_issue_recall": issues[1],
+            "sla_status": {s["tenant"]: s["status"] for s in slas},
+            "sla_value": {s["tenant"]: s["value"] for s in slas},
+            "drift": {s["tenant"]: (s.get("drift") or {}).get("status", "unknown") for s in slas},
+            "drift_flagged": any(
+                s["tenant"] == shifted and (s.get("drift") or {}).get("status") == "detected" for s in slas
+            ),
+            "alerts_new": len(alerts) - alerts_seen,
+            "alerts": [
+                {"tenant": a.get("tenant"), "kind": a.get("kind"), "status": a.get("status"), "to": a.get("to_status")}
+                for a in alerts[: len(alerts) - alerts_seen]
+            ],
+        }
+        alerts_seen = len(alerts)
+        champion_before = champion.id
+        rows.append(row)
+        if progress is not None:
+            progress(f"{arm} day {day}: accuracy {accuracy:.3f} ({champion.rung})")
+    return rows
+
+
+def _gate_record(run: Any) -> dict[str, Any]:
+    """What the gate saw for one training run: its decision and the holdout metric of candidate and champion."""
+    metrics = run.metrics or {}
+    name = metrics.get("metric", "accuracy")
+
+    def overall(key: str) -> float | None:
+        evaluation = metrics.get(key) or {}
+        value = (evaluation.get("overall") or {}).get(name)
+        return None if value is None else float(value)
+
+    return {
+        "run": run.id,
+        "tenant": run.tenant.slug if run.tenant else None,
+        "status": run.status,
+        "decision": run.decision,
+        "rung": run.rung,
+        "metric": name,
+        "candidate": overall("candidate"),
+        "champion": overall("champion"),
+    }
+
+
+def _shared_champion(session: Any, task_id: int) -> Any:
+    from flywheel.retrain import registry
+
+    model = registry.champion_for(session, task_id, None)
+    assert model is not None, "every task has a champion from day one (zero-shot)"
+    return model
+
+
+_MODEL_CACHE: dict[tuple[str, int], float] = {}
+
+
+def _accuracy(model: Any, plan: Plan) -> float:
+    """The champion's accuracy on the untouched test split (cached per model version)."""
+    from flywheel.retrain import registry
+
+    key = (str(model.artifact_path or model.version), len(plan.test_texts))
+    if key not in _MODEL_CACHE:
+        clf = registry.load_model(model)
+        proba = np.asarray(clf.predict_proba(plan.test_texts))
+        predicted = [clf.labels[i] for i in proba.argmax(axis=1)]
+        _MODEL_CACHE[key] = float(np.mean([p == y for p, y in zip(predicted, plan.test_labels, strict=True)]))
+    return _MODEL_CACHE[key]
+
+
+def _label_issue_scores(session: Any, plan: Plan) -> tuple[float | None, float | None]:
+    """Precision and recall of the flagged label issues against the injected wrong labels (among labeled items)."""
+    from flywheel.feedback.labels import flagged_client_ids
+
+    flagged = flagged_client_ids(session, TASK)
+    wrong = plan.wrong_ids
+    if not flagged and not wrong:
+        return None, None
+    tp = len(flagged & wrong)
+    precision = tp / len(flagged) if flagged else None
+    recall = tp / len(wrong) if wrong else None
+    return precision, recall
+
+
+# --- the whole run ------------------------------------------------------------------------------------------------
+
+
+def simulate(cfg: SimConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every arm, then write ``results.json``, ``results.md`` and the charts into ``cfg.out``."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(cfg)
+    per_arm = {arm: run_arm(cfg, plan, arm, progress) for arm in cfg.arms}
+    days = []
+    for d in range(cfg.days):
+        cleaned = per_arm.get("cleaned", per_arm[cfg.arms[0]])[d]
+        row: dict[str, Any] = {
+            "day": d,
+            "accuracy_cleaned": per_arm["cleaned"][d]["accuracy"] if "cleaned" in per_arm else None,
+            "accuracy_uncleaned": per_arm["uncleaned"][d]["accuracy"] if "uncleaned" in per_arm else None,
+            "accuracy_true_labels": per_arm["true_labels"][d]["accuracy"] if "true_labels" in per_arm else None,
+            "label_issue_precision": cleaned["label_issue_precision"],
+            "label_issue_recall": cleaned["label_issue_recall"],
+            "drift_flagged": cleaned["drift_flagged"],
+            "sla_status": cleaned["sla_status"],
+            "sla_value": cleaned["sla_value"],
+            "promotions": {arm: per_arm[arm][d]["promoted"] for arm in per_arm},
+            "champion": {arm: per_arm[arm][d]["champion"] for arm in per_arm},
+            "rung": {arm: per_arm[arm][d]["rung"] for arm in per_arm},
+            "alerts": cleaned["alerts"],
+            "served": cleaned["served"],
+            "logged": cleaned["logged"],
+        }
+        days.append(row)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    results = {
+        "config": config,
+        "injected_wrong_labels": len(plan.wrong_ids),
+        "feedback_items": len(plan.feedback),
+        "careless_items": sum(f.source_id == "careless-clicker" for f in plan.feedback),
+        "shift_items": sum(i.shifted for i in plan.items),
+        "days": days,
+        "arms": per_arm,
+    }
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (cfg.out / "results.md").write_text(results_table(results))
+    draw_charts(results, cfg.out)
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    lines = [
+        "| day | accuracy cleaned | uncleaned | true labels | issue precision | issue recall | drift flagged "
+        "| SLA status by tenant | promoted (cleaned) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in results["days"]:
+        status = ", ".join(f"{t}: {s}" for t, s in sorted(d["sla_status"].items()))
+        lines.append(
+            f"| {d['day']} | {pct(d['accuracy_cleaned'])} | {pct(d['accuracy_uncleaned'])} "
+            f"| {pct(d['accuracy_true_labels'])} | {pct(d['label_issue_precision'])} "
+            f"| {pct(d['label_issue_recall'])} | {'yes' if d['drift_flagged'] else 'no'} | {status} "
+            f"| {'yes' if d['promotions'].get('cleaned') else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def draw_charts(results: dict[str, Any], out: Path) -> None:
+    """accuracy.png (three arms by day) and sla_status.png (status by tenant and day)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    days = [d["day"] for d in results["days"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, name, style in (
+        ("accuracy_true_labels", "trained on true labels", "k--"),
+        ("accuracy_cleaned", "with cleaning", "tab:green"),
+        ("accuracy_uncleaned", "without cleaning", "tab:red"),
+    ):
+        values = [d[key] for d in results["days"]]
+        if any(v is not None for v in values):
+            ax.plot(days, [np.nan if v is None else 100 * v for v in values], style, marker="o", label=name)
+    ax.set_xlabel("simulated day")
+    ax.set_ylabel("champion accuracy on the test split (%)")
+    ax.set_title("The flywheel: accuracy by day")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    tenants = sorted({t for d in results["days"] for t in d["sla_status"]})
+    grid = np.full((len(tenants), len(days)), np.nan)
+    for j, d in enumerate(results["days"]):
+        for i, t in enumerate(tenants):
+            if t in d["sla_status"]:
+                grid[i, j] = STATUS_CODES.get(d["sla_status"][t], 3)
+    cmap = ListedColormap(["#2e7d32", "#f9a825", "#c62828", "#9e9e9e"])
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(tenants) + 1.6))
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=3, aspect="auto")
+    ax.set_xticks(range(len(days)), [str(d) for d in days])
+    ax.set_yticks(range(len(tenants)), tenants)
+    ax.set_xlabel("simulated day")
+    ax.set_title("SLA status by tenant and day (cleaned arm)")
+    for i in range(len(tenants)):
+        for j in range(len(days)):
+            if not np.isnan(grid[i, j]):
+                label = {0: "met", 1: "at risk", 2: "breached", 3: "n/a"}[int(grid[i, j])]
+                ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white")
+    fig.tight_layout()
+    fig.savefig(out / "sla_status.png", dpi=120)
+    plt.close(fig)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the README reports: last-day accuracies and gaps, drift day, alerts against measured values."""
+    last = results["days"][-1]
+    flagged_days = [d["day"] for d in results["days"] if d["drift_flagged"]]
+    false_alerts: Counter[str] = Counter()
+    for d in results["days"]:
+        for alert in d["alerts"]:
+            tenant = alert.get("tenant")
+            value = d["sla_value"].get(tenant)
+            above = value is not None and value >= results["config"]["sla_threshold"]
+            if alert.get("kind") != "drift" and above and alert.get("to") == "breached":
+                false_alerts[tenant] += 1
+    out: dict[str, Any] = {
+        "accuracy_cleaned": last["accuracy_cleaned"],
+        "accuracy_uncleaned": last["accuracy_uncleaned"],
+        "accuracy_true_labels": last["accuracy_true_labels"],
+        "first_drift_day": flagged_days[0] if flagged_days else None,
+        "breach_alerts_while_above_threshold": dict(false_alerts),
+    }
+    if last["accuracy_cleaned"] is not None and last["accuracy_true_labels"] is not None:
+        out["gap_to_true_points"] = 100 * (last["accuracy_true_labels"] - last["accuracy_cleaned"])
+    if last["accuracy_cleaned"] is not None and last["accuracy_uncleaned"] is not None:
+        out["gain_over_uncleaned_points"] = 100 * (last["accuracy_cleaned"] - last["accuracy_uncleaned"])
+    return out
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+
+@click.command("simulate")
+@click.option(
+    "--train",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV with text,label: the production traffic.",
+)
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV with text,label: the untouched evaluation split.",
+)
+@click.option("--days", type=int, default=7, show_default=True)
+@click.option("--daily", type=int, default=500, show_default=True, help="Predictions per day, all tenants.")
+@click.option("--feedback-rate", type=float, default=0.5, show_default=True)
+@click.option("--noise", type=float, default=0.2, show_default=True, help="Share of wrong feedback labels.")
+@click.option(
+    "--careless-share",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Of the wrong labels, the share from one careless source.",
+)
+@click.option("--tenants", type=int, default=3, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--shift",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of shifted traffic (a new domain) that reaches the first tenant.",
+)
+@click.option("--shift-day", type=int, default=4, show_default=True)
+@click.option("--database-url", "sim_database_url", help="A PostgreSQL server URL; SQLite files by default.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-limit", type=int, help="Score on the first N test rows only.")
+@click.option(
+    "--fine-tune-min-labels",
+    type=int,
+    default=10**9,
+    show_default=True,
+    help="Labels before the ladder fine-tunes the encoder (default: never; the few-shot head only).",
+)
+@click.option("--arms", default=",".join(ARMS), show_default=True)
+def simulate_command(**opts: Any) -> None:
+    """Replay labeled text as production traffic through a running server, over simulated days."""
+    from tqdm import tqdm
+
+    arms = tuple(a.strip() for a in opts.pop("arms").split(",") if a.strip())
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise click.UsageError(f"unknown arms: {', '.join(sorted(unknown))}")
+    cfg = SimConfig(
+        train=opts["train"],
+        test=opts["test"],
+        out=opts["out"],
+        days=opts["days"],
+        daily=opts["daily"],
+        feedback_rate=opts["feedback_rate"],
+        noise=opts["noise"],
+        careless_share=opts["careless_share"],
+        tenants=opts["tenants"],
+        shift=opts["shift"],
+        shift_day=opts["shift_day"],
+        database_url=opts["sim_database_url"],
+        seed=opts["seed"],
+        test_limit=opts["test_limit"],
+        arms=arms,
+        settings={"fine_tune_min_labels": opts["fine_tune_min_labels"]},
+    )
+    bar = tqdm(total=cfg.days * len(arms), desc="simulated days", unit="day")
+
+    def progress(message: str) -> None:
+        bar.set_postfix_str(message)
+        bar.update(1)
+
+    results = simulate(cfg, progress)
+    bar.close()
+    click.echo(results_table(results))
+    click.echo(json.dumps(summarize(results), indent=2))
+    click.echo(
+        f"results: {cfg.out / 'results.json'}, charts: {cfg.out / 'accuracy.png'}, {cfg.out / 'sla_status.png'}",
+        err=True,
+    )
