@@ -104,7 +104,8 @@ def load_encoder(model_dir: str | Path | None = None, *, device: str | None = No
     with _LOCK:
         if key not in _CACHE:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModel.from_pretrained(path, local_files_only=True).to(dev).eval()
+            # fp32 explicitly: transformers 5 would otherwise load a checkpoint in the dtype it was saved in.
+            model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32).to(dev).eval()
             _CACHE[key] = Encoder(model=model, tokenizer=tokenizer, id=encoder_id(path), device=dev)
         return _CACHE[key]
 

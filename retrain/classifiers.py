@@ -1,0 +1,494 @@
+"""The model ladder's classifiers: zero-shot, few-shot head and fine-tuned, behind one ``TextClassifier`` protocol.
+
+Every rung answers ``predict_proba(texts) -> (N, K)`` with columns in ``.labels`` order and saves to a directory
+that holds a ``metadata.json`` (rung, labels, base model, plus whatever the caller passes: lineage, metrics...).
+The fine-tuned rung is a ``save_pretrained`` directory (safetensors + tokenizer) beside that file.
+
+torch, transformers and sklearn are imported inside the functions: importing this module costs nothing in a web
+worker. The transformers training loop lives in ``flywheel.retrain.finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+# INT8 answers whose top-2 logits are closer than this are recomputed in fp32: on banking77 every INT8/fp32
+# disagreement had a margin under 1.0, and about 6% of rows fall under it (bench/train.py).
+FALLBACK_MARGIN = 1.0
+# Cosine similarities live in [-1, 1]; a temperature of 0.05 turns them into usable confidences.
+ZERO_SHOT_SCALE = 20.0
+
+
+@runtime_checkable
+class TextClassifier(Protocol):
+    """What every rung of the ladder provides."""
+
+    rung: str
+    labels: list[str]
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """``(N, K)`` float32 probabilities, columns in ``self.labels`` order, rows summing to 1."""
+        ...
+
+    def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
+        """Write the model and ``metadata.json`` (the classifier's own fields, updated with ``metadata``)."""
+        ...
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _base_name(base_model: str | Path | None) -> str | None:
+    """The base as stored in metadata: ``None`` means the packaged all-MiniLM-L6-v2 (portable across machines)."""
+    return str(base_model) if base_model else None
+
+
+def _write_metadata(directory: Path, own: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(extra)
+    if isinstance(own.get("metrics"), dict) and isinstance(extra.get("metrics"), dict):
+        merged["metrics"] = {**own["metrics"], **extra["metrics"]}  # the caller's metrics add to training's
+    meta = {**own, **merged, "format_version": FORMAT_VERSION, "rung": own["rung"], "labels": own["labels"]}
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return meta
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The ``metadata.json`` of a saved classifier."""
+    path = Path(directory) / METADATA_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: not a saved classifier directory")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def humanize_label(label: str) -> str:
+    """``card_arrival`` -> ``card arrival``: the text a label name is embedded as."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
+
+
+def label_prompts(labels: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """The texts embedded for zero-shot: the readable name, followed by the label's description where one exists."""
+    descriptions = descriptions or {}
+    out = []
+    for label in labels:
+        desc = (descriptions.get(label) or "").strip()
+        name = humanize_label(label)
+        out.append(f"{name}: {desc}" if desc else name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- zero-shot
+
+
+@dataclass
+class ZeroShotClassifier:
+    """Cosine similarity between the text's embedding and each label's (name + description) embedding."""
+
+    labels: list[str]
+    label_embeddings: np.ndarray  # (K, D) unit-norm
+    base_model: str | None = None
+    descriptions: dict[str, str] = field(default_factory=dict)
+    scale: float = ZERO_SHOT_SCALE
+    rung: str = "zero_shot"
+
+    def predict_proba_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities from precomputed ``(N, D)`` unit-norm text embeddings (e.g. from the embedding cache)."""
+        return _softmax(self.scale * (np.asarray(embeddings, dtype=np.float32) @ self.label_embeddings.T))
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        from flywheel.retrain.encoder import load_encoder
+
+        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
+        return self.predict_proba_embeddings(emb)
+
+    def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "label_embeddings.npy", self.label_embeddings.astype(np.float32))
+        own = {
+            "rung": self.rung,
+            "labels": self.labels,
+            "base_model": self.base_model,
+            "descriptions": self.descriptions,
+            "scale": self.scale,
+        }
+        _write_metadata(path, own, metadata)
+
+
+def build_zero_shot(
+    labels: Sequence[str],
+    *,
+    descriptions: Mapping[str, str] | None = None,
+    base_model: str | Path | None = None,
+    label_embeddings: np.ndarray | None = None,
+) -> ZeroShotClassifier:
+    """The day-one rung: embed each label's name (and description, where given) with the base encoder.
+
+    ``label_embeddings`` (K, D), if given, are used as they are (e.g. from the embedding cache of
+    :func:`label_prompts`), so nothing is embedded here.
+    """
+    labels = list(labels)
+    if not labels:
+        raise ValueError("labels must not be empty")
+    if label_embeddings is None:
+        from flywheel.retrain.encoder import load_encoder
+
+        label_embeddings = load_encoder(base_model).embed(label_prompts(labels, descriptions))
+    emb = np.asarray(label_embeddings, dtype=np.float32)
+    if emb.shape[0] != len(labels):
+        raise ValueError(f"label_embeddings has {emb.shape[0]} rows for {len(labels)} labels")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = emb / np.clip(norms, 1e-9, None)
+    return ZeroShotClassifier(
+        labels=labels,
+        label_embeddings=emb,
+        base_model=_base_name(base_model),
+        descriptions=dict(descriptions or {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- few-shot
+
+
+@dataclass
+class FewShotClassifier:
+    """Frozen base-encoder embeddings + a multinomial logistic-regression head (stored as plain arrays)."""
+
+    labels: list[str]
+    coef: np.ndarray  # (K, D): one row per label; labels never seen in training get -inf bias
+    intercept: np.ndarray  # (K,)
+    base_model: str | None = None
+    train_info: dict[str, Any] = field(default_factory=dict)
+    rung: str = "few_shot"
+
+    def predict_proba_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities from precomputed ``(N, D)`` text embeddings (e.g. from the embedding cache)."""
+        logits = np.asarray(embeddings, dtype=np.float32) @ self.coef.T + self.intercept
+        return _softmax(logits)
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        from flywheel.retrain.encoder import load_encoder
+
+        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
+        return self.predict_proba_embeddings(emb)
+
+    def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / "head.npz", coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32))
+        own = {"rung": self.rung, "labels": self.labels, "base_model": self.base_model, **self.train_info}
+        _write_metadata(path, own, metadata)
+
+
+def _label_indices(y: Sequence[Any] | np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """``y`` as label indices: accepts label names or integer indices into ``labels``."""
+    arr = np.asarray(y)
+    if arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < 0 or arr.max() >= len(labels)):
+            raise ValueError(f"label index out of range 0..{len(labels) - 1}")
+        return arr.astype(np.int64)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(v) for v in arr.tolist() if v not in index})
+    if unknown:
+        raise ValueError(f"labels not in the task's label set: {unknown[:5]}")
+    return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
+
+
+def train_few_shot(
+    texts: Sequence[str],
+    y: Sequence[Any] | np.ndarray,
+    labels: Sequence[str],
+    *,
+    base_model: str | Path | None = None,
+    seed: int = 0,
+    embeddings: np.ndarray | None = None,
+    c: float = 10.0,
+) -> FewShotClassifier:
+    """Fit the few-shot head: logistic regression on frozen, unit-norm base-encoder embeddings.
+
+    ``y`` holds label names or indices into ``labels``; ``embeddings`` (N, D), if given, replace embedding
+    ``texts`` (pass the cached ones). Labels with no example keep probability 0.
+    """
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+
+    labels = list(labels)
+    idx = _label_indices(y, labels)
+    if len(idx) != len(texts) and embeddings is None:
+        raise ValueError(f"{len(texts)} texts but {len(idx)} labels")
+    present = np.unique(idx)
+    if len(present) < 2:
+        raise ValueError("the few-shot head needs examples of at least 2 labels")
+    if embeddings is None:
+        from flywheel.retrain.encoder import load_encoder
+
+        embeddings = load_encoder(base_model).embed(list(texts))
+    X = np.asarray(embeddings, dtype=np.float32)
+    if X.shape[0] != len(idx):
+        raise ValueError(f"{X.shape[0]} embeddings but {len(idx)} labels")
+    started = time.perf_counter()
+    # C=10 suits unit-norm embeddings (the default 1.0 over-regularizes them: measured on banking77).
+    head = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    head.fit(X, idx)
+    coef = np.zeros((len(labels), X.shape[1]), dtype=np.float32)
+    intercept = np.full(len(labels), -np.inf, dtype=np.float32)
+    classes = head.classes_.astype(np.int64)
+    if len(classes) == 2:  # sklearn stores one row for two classes: logits (0, z) give the same softmax
+        coef[classes[1]] = head.coef_[0]
+        intercept[classes[1]] = head.intercept_[0]
+        intercept[classes[0]] = 0.0
+    else:
+        coef[classes] = head.coef_
+        intercept[classes] = head.intercept_
+    info = {
+        "train_samples": len(idx),
+        "train_labels_present": len(classes),
+        "training_seconds": round(time.perf_counter() - started, 3),
+        "c": c,
+        "seed": seed,
+    }
+    return FewShotClassifier(
+        labels=labels, coef=coef, intercept=intercept, base_model=_base_name(base_model), train_info=info
+    )
+
+
+# --------------------------------------------------------------------------------------------------- fine-tuned
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class FineTunedClassifier:
+    """A fine-tuned sequence classifier (``save_pretrained`` format) with its tokenizer.
+
+    ``precision`` is ``fp32``, or ``int8`` for the optimized CPU variant (dynamic quantization).
+    ``optimization`` records the last :func:`verify_optimized` check and is saved in metadata.
+    """
+
+    model: Any
+    tokenizer: Any
+    labels: list[str]
+    base_model: str | None = None
+    max_length: int = 64
+    device: str = "cpu"
+    precision: str = "fp32"
+    train_info: dict[str, Any] = field(default_factory=dict)
+    optimization: dict[str, Any] | None = None
+    source_dir: Path | None = None
+    # The INT8 variant keeps the fp32 model: rows whose top-2 logit margin is under ``fallback_margin`` (near
+    # ties, where quantization error can flip the answer) are recomputed in fp32.
+    fallback: FineTunedClassifier | None = None
+    fallback_margin: float = FALLBACK_MARGIN
+    rung: str = "fine_tuned"
+
+    def logits(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """``(N, K)`` float32 logits; texts are sorted by length so every batch pads little."""
+        out = self._forward(texts, batch_size)
+        if self.fallback is not None and len(texts) and out.shape[1] > 1:
+            top2 = np.partition(out, -2, axis=1)[:, -2:]
+            close = np.flatnonzero(np.abs(top2[:, 1] - top2[:, 0]) < self.fallback_margin)
+            if len(close):
+                out[close] = self.fallback._forward([texts[int(i)] for i in close], batch_size)
+        return out
+
+    def _forward(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not len(texts):
+            return out
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                out[idx] = self.model(**enc).logits.float().cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        return _softmax(self.logits(list(texts), batch_size=batch_size))
+
+    def optimized(self) -> FineTunedClassifier:
+        """The CPU-optimized variant (not yet verified): INT8 dynamic quantization (per-channel weights) of every
+        ``nn.Linear``, with near ties re-scored by the fp32 model (``fallback_margin``).
+
+        Only CPU has one: on an H100, bf16 inference of this small model measured 0.15x fp32 (bench/train.py), so
+        a GPU keeps fp32 and this returns ``self``."""
+        import copy
+
+        import torch
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        if self.precision != "fp32" or self.device != "cpu":
+            return self
+        with warnings.catch_warnings():  # torch 2.13 deprecates quantized tensors; the API still works
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*quantize_per_channel.*", category=UserWarning)
+            model = quantize_dynamic(
+                copy.deepcopy(self.model).eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+            )
+        precision = "int8"
+        return FineTunedClassifier(
+            model=model,
+            tokenizer=self.tokenizer,
+            labels=self.labels,
+            base_model=self.base_model,
+            max_length=self.max_length,
+            device=self.device,
+            precision=precision,
+            train_info=self.train_info,
+            optimization=self.optimization,
+            source_dir=self.source_dir,
+            fallback=self if self.fallback_margin > 0 else None,
+            fallback_margin=self.fallback_margin,
+        )
+
+    def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
+        if self.precision != "fp32":
+            raise ValueError("save the fp32 model; the optimized variant is rebuilt at load time")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        own: dict[str, Any] = {
+            "rung": self.rung,
+            "labels": self.labels,
+            "base_model": self.base_model,
+            "max_length": self.max_length,
+            **self.train_info,
+        }
+        if self.optimization is not None:
+            own["optimization"] = self.optimization
+        _write_metadata(path, own, metadata)
+        self.source_dir = path
+
+
+def _load_fine_tuned(path: Path, meta: Mapping[str, Any], device: str) -> FineTunedClassifier:
+    import torch
+    from transformers import AutoTokenizer
+
+    from flywheel.retrain.finetune import model_class_for
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = model_class_for(path).from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    model.to(device).eval()
+    info_keys = ("metrics", "training_seconds", "seed", "train_samples", "pooling", "head_init")
+    return FineTunedClassifier(
+        model=model,
+        tokenizer=tokenizer,
+        labels=list(meta["labels"]),
+        base_model=meta.get("base_model"),
+        max_length=int(meta.get("max_length", 64)),
+        device=device,
+        train_info={k: meta[k] for k in info_keys if k in meta},
+        optimization=meta.get("optimization"),
+        source_dir=path,
+    )
+
+
+def load_classifier(
+    directory: str | Path, *, device: str | None = None, optimize: bool = False
+) -> ZeroShotClassifier | FewShotClassifier | FineTunedClassifier:
+    """Load any rung from its directory.
+
+    ``optimize=True`` returns the INT8 variant of a fine-tuned model on CPU only when its metadata records a passed
+    :func:`verify_optimized` check; otherwise (and on a GPU) the fp32 model.
+    """
+    path = Path(directory)
+    meta = read_metadata(path)
+    rung = meta.get("rung")
+    labels = list(meta["labels"])
+    if rung == "zero_shot":
+        return ZeroShotClassifier(
+            labels=labels,
+            label_embeddings=np.load(path / "label_embeddings.npy"),
+            base_model=meta.get("base_model"),
+            descriptions=dict(meta.get("descriptions") or {}),
+            scale=float(meta.get("scale", ZERO_SHOT_SCALE)),
+        )
+    if rung == "few_shot":
+        head = np.load(path / "head.npz")
+        return FewShotClassifier(
+            labels=labels, coef=head["coef"], intercept=head["intercept"], base_model=meta.get("base_model")
+        )
+    if rung == "fine_tuned":
+        clf = _load_fine_tuned(path, meta, device or _default_device())
+        if optimize and clf.device == "cpu":
+            opt = clf.optimization or {}
+            if opt.get("accepted") and opt.get("precision") == "int8":
+                clf.fallback_margin = float(opt.get("fallback_margin", FALLBACK_MARGIN))
+                return clf.optimized()
+            log.info("INT8 variant of %s not verified; serving fp32", path)
+        return clf
+    raise ValueError(f"{path}: unknown rung {rung!r}")
+
+
+def verify_optimized(
+    clf: TextClassifier, texts: Sequence[str], *, min_agreement: float = 0.99, batch_size: int = 32
+) -> tuple[float, bool]:
+    """Check the optimized variant against fp32 on ``texts`` (the holdout): the share of equal top-1 answers.
+
+    Accepted when the agreement is at least ``min_agreement``. The result is recorded on the classifier (saved
+    with it) and, when the classifier came from a directory, in that directory's ``metadata.json``, which is what
+    ``load_classifier(optimize=True)`` reads. Zero-shot and few-shot rungs, and a model on a GPU, have no
+    optimized variant: ``(1.0, False)``.
+    """
+    if not isinstance(clf, FineTunedClassifier) or clf.device != "cpu":
+        return 1.0, False
+    texts = list(texts)
+    if not texts:
+        raise ValueError("verify_optimized needs at least one text")
+    base = clf if clf.precision == "fp32" else None
+    if base is None:
+        raise ValueError("verify_optimized takes the fp32 classifier")
+    fast = clf.optimized()
+    ref = base.logits(texts, batch_size=batch_size)
+    got = fast.logits(texts, batch_size=batch_size)
+    agreement = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    accepted = agreement >= min_agreement and bool(np.isfinite(got).all())
+    clf.optimization = {
+        "precision": fast.precision,
+        "agreement": round(agreement, 6),
+        "accepted": accepted,
+        "min_agreement": min_agreement,
+        "checked_on": len(texts),
+        "fallback_margin": fast.fallback_margin if fast.fallback is not None else 0.0,
+    }
+    if clf.source_dir is not None and (clf.source_dir / METADATA_FILE).exists():
+        meta = read_metadata(clf.source_dir)
+        meta["optimization"] = clf.optimization
+        (clf.source_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    if not math.isfinite(agreement):  # pragma: no cover - defensive
+        return 0.0, False
+    return agreement, accepted
