@@ -7,6 +7,12 @@ The precedence rule, used on ingest and whenever there is too little overlap for
    from training and SLA figures.
 3. Among other sources of the same rank, each person (``source_id``) counts once, with their latest label; the
    majority wins, and a tie goes to the most recent label.
+
+The label-quality pass (``flywheel.feedback.jobs``) refines rule 3 once there is enough overlap: it stores a
+consensus per prediction (CROWDLAB, ``cleanlab.multiannotator``, or the rule with votes of sources excluded as
+unreliable dropped), with the number of feedback rows it saw. ``apply_rule`` uses that stored consensus while the
+prediction's feedback is unchanged and no reviewer has decided; new feedback falls back to the rule until the next
+pass. The evaluation holdout is never scored, so its labels always follow the rule.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from flywheel.models.core import Feedback, Prediction
+from flywheel.models.labels import LabelQualityResult
 
 SOURCE_PRIORITY = {"reviewer": 4, "annotator": 3, "agent": 2, "end_user": 1, "system": 0}
 
@@ -69,9 +76,26 @@ def apply_rule(session: Session, prediction_ids: Sequence[int]) -> None:
     )
     for n, (pid, label, source, source_id, decision) in enumerate(rows):
         votes[pid].append(Vote(label, source, source_id, decision, n))
+    consensus = {
+        pid: (label, seen)
+        for pid, label, seen in session.execute(
+            select(
+                LabelQualityResult.prediction_id,
+                LabelQualityResult.consensus_label,
+                LabelQualityResult.consensus_votes,
+            ).where(
+                LabelQualityResult.prediction_id.in_(prediction_ids),
+                LabelQualityResult.consensus_label.is_not(None),
+            )
+        )
+    }
     params = []
     for pid in prediction_ids:
         eff = resolve(votes.get(pid, []))
+        stored = consensus.get(pid)
+        own = votes.get(pid, [])
+        if stored is not None and stored[1] == len(own) and not any(v.source == "reviewer" for v in own):
+            eff = Effective(stored[0], False)
         params.append(
             {"b_pid": pid, "b_label": eff.label, "b_discarded": eff.discarded, "b_count": len(votes.get(pid, []))}
         )

@@ -1,0 +1,202 @@
+"""Label-noise benchmark: how well does the label-quality pass find labels flipped at a fixed seed, and how fast?
+
+For each dataset (banking77, sms_spam from ../shared/data) and noise setting (10% / 20%, uniform flips to a random
+other class and class-conditional flips to the most confusable class), it prints precision, recall and F1 of the
+flagged set against the flipped set for
+
+- ``naive``: the reference pipeline (logistic regression C=1, 5-fold CV, cleanlab's default ``find_label_issues``);
+- ``flywheel``: ``flywheel.feedback.pipeline.check_labels`` with its defaults;
+
+and the time of each stage (embedding, cross-validation, cleanlab) next to a bare ``find_label_issues`` call on the
+same arrays. Run from the repo root: ``.venv/bin/python bench/label_noise.py`` (``--rows 2000`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flywheel.feedback import cleanlab_adapter
+from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
+from flywheel.feedback.oos import OOSConfig, cross_val_probabilities
+from flywheel.feedback.pipeline import CheckConfig, check_labels
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load(name: str, rows: int | None, seed: int) -> tuple[list[str], np.ndarray, list[str]]:
+    df = pd.read_csv(DATA / name / "train.csv")
+    if rows and rows < len(df):
+        df = df.sample(n=rows, random_state=seed).reset_index(drop=True)
+    classes = sorted(df["label"].unique())
+    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return df["text"].tolist(), y, classes
+
+
+def embed(name: str, texts: list[str], cache_dir: Path | None) -> tuple[np.ndarray, float, bool]:
+    """Embeddings of ``texts`` and the seconds they took (read back from the cache when it has them)."""
+    from flywheel.retrain.encoder import load_encoder, text_hash
+
+    encoder = load_encoder()
+    key = text_hash(encoder.id + "\n" + "\n".join(texts))[:16]
+    if cache_dir is not None:
+        npy, meta = cache_dir / f"{name}-{key}.npy", cache_dir / f"{name}-{key}.json"
+        if npy.exists() and meta.exists():
+            return np.load(npy), float(json.loads(meta.read_text())["seconds"]), True
+    t = time.perf_counter()
+    x = encoder.embed(texts)
+    seconds = time.perf_counter() - t
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.save(npy, x)
+        meta.write_text(json.dumps({"seconds": seconds, "n": len(texts), "encoder": encoder.id}))
+    return x, seconds, False
+
+
+def timed_bare(labels: np.ndarray, probs: np.ndarray, repeat: int) -> tuple[np.ndarray, float]:
+    best = float("inf")
+    mask = np.zeros(0, bool)
+    for _ in range(repeat):
+        t = time.perf_counter()
+        mask = cleanlab_adapter.bare_find_label_issues(labels, probs)
+        best = min(best, time.perf_counter() - t)
+    return mask, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="banking77,sms_spam")
+    parser.add_argument("--rates", default="0.1,0.2")
+    parser.add_argument("--noise", default="uniform,confusable")
+    parser.add_argument("--rows", type=int, default=0, help="sample this many rows per dataset (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="cleanlab timings: best of this many calls")
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/bench-cache"), help="embedding cache")
+    parser.add_argument(
+        "--ablation", action="store_true", help="instead: every classifier x cleanlab-filter variant, P/R/F1 only"
+    )
+    args = parser.parse_args()
+    if args.ablation:
+        ablation(args)
+        return
+
+    config = CheckConfig()
+    naive_oos = OOSConfig(C=1.0, knn_k=0, folds=5, seed=args.seed)
+    header = (
+        f"{'dataset':<10} {'noise':<10} {'rate':>4} {'pipeline':<9} {'P':>6} {'R':>6} {'F1':>6} {'flagged':>7} "
+        f"{'cv s':>6} {'cleanlab s':>10} {'bare s':>7} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    embed_rows = []
+    for name in args.datasets.split(","):
+        texts, y, classes = load(name, args.rows or None, args.seed)
+        x, embed_s, cached = embed(name, texts, args.cache_dir)
+        embed_rows.append((name, len(texts), embed_s, cached))
+        k = len(classes)
+        partner = confusable_partner(x, y, k)
+        for noise in args.noise.split(","):
+            if noise == "confusable" and k == 2:
+                continue  # with two classes, the confusable class is the other one: the same as uniform
+            for rate in (float(r) for r in args.rates.split(",")):
+                noisy, flipped = flip_labels(
+                    y, k, rate=rate, seed=args.seed, partner=partner if noise == "confusable" else None
+                )
+                # naive: logistic regression (C=1) 5-fold CV + cleanlab defaults
+                t = time.perf_counter()
+                probs, _ = cross_val_probabilities(x, noisy, k, config=naive_oos)
+                cv_s = time.perf_counter() - t
+                mask, bare_s = timed_bare(noisy, probs, args.repeat)
+                p, r, f1 = precision_recall_f1(mask, flipped)
+                print(
+                    f"{name:<10} {noise:<10} {rate:>4.0%} {'naive':<9} {p:>6.3f} {r:>6.3f} {f1:>6.3f} "
+                    f"{int(mask.sum()):>7} {cv_s:>6.1f} {bare_s:>10.3f} {bare_s:>7.3f} {1.0:>6.2f}",
+                    flush=True,
+                )
+                # flywheel: the pipeline's defaults; the cleanlab stage timed against a bare call on its arrays
+                check = check_labels(x, noisy, k, config=config)
+                clean_s = check.timings["cleanlab"]
+                for _ in range(args.repeat - 1):
+                    t = time.perf_counter()
+                    cleanlab_adapter.find_label_issues(
+                        labels=noisy,
+                        pred_probs=check.probs,
+                        filter_by=config.filter_by,
+                        quality_method=config.quality_method,
+                    )
+                    clean_s = min(clean_s, time.perf_counter() - t)
+                _, bare_s = timed_bare(noisy, check.probs, args.repeat)
+                p, r, f1 = precision_recall_f1(check.issues.is_issue, flipped)
+                print(
+                    f"{name:<10} {noise:<10} {rate:>4.0%} {'flywheel':<9} {p:>6.3f} {r:>6.3f} {f1:>6.3f} "
+                    f"{int(check.issues.is_issue.sum()):>7} {check.timings['cross_validation']:>6.1f} "
+                    f"{clean_s:>10.3f} {bare_s:>7.3f} {clean_s / bare_s:>6.2f}",
+                    flush=True,
+                )
+    print()
+    print(f"{'dataset':<10} {'texts':>6} {'embedding s':>12} {'texts/s':>8}")
+    for name, n, seconds, cached in embed_rows:
+        note = "  (from the cache: time of the original run)" if cached else ""
+        print(f"{name:<10} {n:>6} {seconds:>12.1f} {n / seconds:>8.0f}{note}")
+    print(
+        "\nratio = cleanlab stage / bare cleanlab.filter.find_label_issues on the same arrays (best of "
+        f"{args.repeat}); confusable = flips to the class with the nearest embedding centroid."
+    )
+
+
+ABLATION_OOS = {
+    "lr C=1": OOSConfig(C=1.0, knn_k=0),
+    "lr C=10": OOSConfig(C=10.0, knn_k=0),
+    "lr C=1 + knn": OOSConfig(C=1.0, knn_k=10, knn_weight=0.5),
+    "lr C=3 + knn": OOSConfig(C=3.0, knn_k=10, knn_weight=0.5),
+    "lr C=10 + knn": OOSConfig(C=10.0, knn_k=10, knn_weight=0.5),
+    "lr C=10 + knn, 10 folds": OOSConfig(C=10.0, knn_k=10, knn_weight=0.5, folds=10),
+}
+ABLATION_FILTERS = [
+    ("prune_by_noise_rate", "self_confidence"),
+    ("both", "self_confidence"),
+    ("prune_by_class", "self_confidence"),
+    ("ranked", "self_confidence"),
+    ("ranked", "normalized_margin"),
+]
+
+
+def ablation(args: argparse.Namespace) -> None:
+    """Which choices move the numbers: each out-of-sample classifier with each way of choosing the flagged set."""
+    print(
+        f"{'dataset':<10} {'noise':<10} {'rate':>4} {'classifier':<24} {'filter':<20} {'quality':<17} "
+        f"{'P':>6} {'R':>6} {'F1':>6}"
+    )
+    for name in args.datasets.split(","):
+        texts, y, classes = load(name, args.rows or None, args.seed)
+        x, _, _ = embed(name, texts, args.cache_dir)
+        k = len(classes)
+        partner = confusable_partner(x, y, k)
+        for noise in args.noise.split(","):
+            if noise == "confusable" and k == 2:
+                continue
+            for rate in (float(r) for r in args.rates.split(",")):
+                noisy, flipped = flip_labels(
+                    y, k, rate=rate, seed=args.seed, partner=partner if noise == "confusable" else None
+                )
+                for tag, oos in ABLATION_OOS.items():
+                    probs, _ = cross_val_probabilities(x, noisy, k, config=oos)
+                    for filter_by, quality in ABLATION_FILTERS:
+                        issues = cleanlab_adapter.find_label_issues(
+                            labels=noisy, pred_probs=probs, filter_by=filter_by, quality_method=quality
+                        )
+                        p, r, f1 = precision_recall_f1(issues.is_issue, flipped)
+                        print(
+                            f"{name:<10} {noise:<10} {rate:>4.0%} {tag:<24} {filter_by:<20} {quality:<17} "
+                            f"{p:>6.3f} {r:>6.3f} {f1:>6.3f}",
+                            flush=True,
+                        )
+
+
+if __name__ == "__main__":
+    main()

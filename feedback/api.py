@@ -1,0 +1,224 @@
+"""Label quality and review endpoints (API.md, "Label quality and review"). Every query is tenant-scoped:
+another tenant's prediction answers 404, exactly as one that does not exist."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from flask import Blueprint, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from flywheel.api.schemas import FeedbackOut, LabelName, Name, Strict
+from flywheel.api.serializers import feedback_out
+from flywheel.api.spec import json_response, operation
+from flywheel.auth import Principal
+from flywheel.context import get_session, get_settings
+from flywheel.errors import NotFound
+from flywheel.models.core import Prediction, Task
+
+bp = Blueprint("review", __name__, url_prefix="/v1")
+
+
+class ReviewQuery(Strict):
+    task: Name
+    kind: Literal["label_issue", "uncertain"] = "label_issue"
+    limit: int = Field(default=50, ge=1, le=500)
+    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+
+
+class ReviewItemOut(BaseModel):
+    """One prediction worth a person's time."""
+
+    prediction_id: str
+    text: str
+    label: str
+    feedback: list[FeedbackOut]
+    effective_label: str | None
+    suggested_label: str | None
+    quality: float | None
+    reason: str
+
+
+class ReviewQueueOut(BaseModel):
+    """The review queue, most worth a person's time first."""
+
+    task: str
+    kind: str
+    items: list[ReviewItemOut]
+
+
+class ReviewIn(Strict):
+    decision: Literal["keep", "relabel", "discard"]
+    label: LabelName | None = None
+    note: str | None = Field(default=None, max_length=5000)
+    reviewer: str | None = Field(default=None, max_length=200, description="who decided (default: the API key)")
+
+
+class ReviewOut(BaseModel):
+    """The decision as stored (feedback with source ``reviewer``) and the prediction's new effective label."""
+
+    prediction_id: str
+    feedback: FeedbackOut
+    effective_label: str | None
+    label_discarded: bool
+
+
+class LabelQualityQuery(Strict):
+    task: Name
+    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+
+
+class SourceOut(BaseModel):
+    source: str
+    source_id: str | None
+    n_labels: int
+    n_issues: int
+    issue_rate: float
+    annotator_quality: float | None
+    excluded: bool
+
+
+class RunOut(BaseModel):
+    id: int
+    status: str
+    progress: float
+    message: str
+    trigger: str
+    n_labeled: int
+    n_issues: int
+    n_unlabeled: int
+    summary: dict[str, Any]
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class LabelQualityOut(BaseModel):
+    """Issue rates per feedback source and the latest pass's summary."""
+
+    tenant: str
+    task: str
+    exclude_issue_rate: float
+    min_labels: int
+    latest_run: RunOut | None
+    latest_finished_run: RunOut | None
+    sources: list[SourceOut]
+
+
+def _task(session: Any, name: str) -> Task:
+    task = session.scalar(select(Task).where(Task.name == name))
+    if task is None:
+        raise NotFound(f"task '{name}' does not exist")
+    return task
+
+
+@operation(
+    bp,
+    "GET",
+    "/review",
+    summary="The review queue: likely label errors, or the unlabeled predictions worth labeling",
+    scope="read",
+    query=ReviewQuery,
+    responses={200: ReviewQueueOut},
+)
+def get_review(*, principal: Principal, query: ReviewQuery) -> Response:
+    """``label_issue``: lowest label quality first; ``uncertain``: most informative first (ActiveLab)."""
+    from flywheel.feedback.review import review_queue
+
+    session = get_session()
+    tenant = principal.tenant_for(session, query.tenant)
+    task = _task(session, query.task)
+    entries = review_queue(session, tenant_id=tenant.id, task_id=task.id, kind=query.kind, limit=query.limit)
+    items = [
+        ReviewItemOut(
+            prediction_id=e.client_id,
+            text=e.text,
+            label=e.label,
+            feedback=[FeedbackOut(**f) for f in e.feedback],
+            effective_label=e.effective_label,
+            suggested_label=e.suggested_label,
+            quality=e.quality,
+            reason=e.reason,
+        )
+        for e in entries
+    ]
+    return json_response(ReviewQueueOut(task=task.name, kind=query.kind, items=items))
+
+
+class TenantOnlyQuery(Strict):
+    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to act on")
+
+
+@operation(
+    bp,
+    "POST",
+    "/review/<prediction_id>",
+    summary="Record a reviewer's decision (keep, relabel, discard) as feedback",
+    scope="ingest",
+    body=ReviewIn,
+    query=TenantOnlyQuery,
+    responses={201: ReviewOut},
+)
+def post_review(prediction_id: str, *, principal: Principal, body: ReviewIn, query: TenantOnlyQuery) -> Response:
+    """Stored as feedback with ``source: reviewer`` (an audit trail, never an in-place edit); a reviewer decision
+    beats every other source in the effective label."""
+    from flywheel.feedback.review import record_decision
+
+    session = get_session()
+    tenant = principal.tenant_for(session, query.tenant)
+    prediction = session.scalar(
+        select(Prediction).where(Prediction.tenant_id == tenant.id, Prediction.client_id == prediction_id)
+    )
+    if prediction is None:
+        raise NotFound(f"prediction '{prediction_id}' does not exist")
+    row = record_decision(
+        session,
+        prediction,
+        decision=body.decision,
+        label=body.label,
+        note=body.note,
+        reviewer=body.reviewer or f"key:{principal.key_id}",
+    )
+    session.refresh(prediction)
+    out = ReviewOut(
+        prediction_id=prediction.client_id,
+        feedback=feedback_out(row),
+        effective_label=prediction.effective_label,
+        label_discarded=prediction.label_discarded,
+    )
+    session.commit()
+    return json_response(out, 201)
+
+
+@operation(
+    bp,
+    "GET",
+    "/label-quality",
+    summary="Label-issue rates per feedback source and the latest label-quality pass",
+    scope="read",
+    query=LabelQualityQuery,
+    responses={200: LabelQualityOut},
+)
+def get_label_quality(*, principal: Principal, query: LabelQualityQuery) -> Response:
+    """A source above ``exclude_issue_rate`` (after ``min_labels`` labels) is excluded from training."""
+    from flywheel.feedback.labels import latest_run, run_dict, source_reliability
+
+    session = get_session()
+    settings = get_settings()
+    tenant = principal.tenant_for(session, query.tenant)
+    task = _task(session, query.task)
+    run = latest_run(session, tenant.id, task.id)
+    finished = latest_run(session, tenant.id, task.id, finished=True)
+    return json_response(
+        LabelQualityOut(
+            tenant=tenant.slug,
+            task=task.name,
+            exclude_issue_rate=settings.source_exclude_issue_rate,
+            min_labels=settings.source_min_labels,
+            latest_run=RunOut(**run_dict(run)) if run else None,
+            latest_finished_run=RunOut(**run_dict(finished)) if finished else None,
+            sources=[SourceOut(**s) for s in source_reliability(session, tenant.id, task.id)],
+        )
+    )

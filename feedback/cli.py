@@ -1,0 +1,83 @@
+"""``flywheel labels check``: the label-quality pass for one tenant and task, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import click
+
+from flywheel.cli import Context, pass_ctx
+
+
+@click.group("labels")
+def labels() -> None:
+    """Label quality: cleanlab label issues, consensus, source reliability."""
+
+
+@labels.command("check")
+@click.option("--tenant", "tenant_slug", required=True, help="The tenant whose labels to check.")
+@click.option("--task", "task_name", required=True, help="The task.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--top", default=5, show_default=True, help="How many likely label errors to print.")
+@pass_ctx
+def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top: int) -> None:
+    """Score every label of TENANT/TASK outside the holdout, flag likely errors, rate the feedback sources."""
+    from tqdm import tqdm
+
+    from flywheel.errors import ApiError
+    from flywheel.feedback.jobs import run_label_quality
+    from flywheel.feedback.labels import source_reliability
+    from flywheel.feedback.review import review_queue
+
+    bar = tqdm(total=100, unit="%", disable=no_progress, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(message[:70], refresh=False)
+        bar.refresh()
+
+    try:
+        result = run_label_quality(
+            ctx.db, ctx.settings, tenant=tenant_slug, task=task_name, progress=progress, trigger="cli"
+        )
+    except ApiError as exc:
+        raise click.ClickException(exc.detail) from None
+    finally:
+        bar.close()
+    s = result.summary
+    click.echo(f"label-quality run {result.run_id}: {tenant_slug}/{task_name}")
+    if "message" in s and not result.n_labeled:
+        click.echo(f"  {s['message']}")
+        return
+    click.echo(
+        f"  labeled (outside the holdout): {result.n_labeled}   label issues: {result.n_issues} "
+        f"({s['issue_rate']:.1%})   unlabeled scored: {result.n_unlabeled}"
+    )
+    click.echo(f"  out-of-sample sources: {s['oos_sources']}   cleanlab: {s['cleanlab_method']}")
+    cons = s["consensus"]
+    click.echo(
+        f"  consensus: {cons['method']} (overlap {cons['overlap']} predictions with 2+ sources; "
+        f"CROWDLAB from {cons['min_overlap']})"
+    )
+    click.echo("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+    with ctx.session() as session:
+        from sqlalchemy import select
+
+        from flywheel.models.core import Task, Tenant
+
+        tenant = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug))
+        task = session.scalar(select(Task).where(Task.name == task_name))
+        assert tenant is not None and task is not None
+        sources = source_reliability(session, tenant.id, task.id)
+        if sources:
+            click.echo("  sources (worst first):")
+            for src in sources[:10]:
+                flag = "  EXCLUDED" if src["excluded"] else ""
+                click.echo(
+                    f"    {src['source']}:{src['source_id'] or '-'}  labels {src['n_labels']}  "
+                    f"issue rate {src['issue_rate']:.1%}{flag}"
+                )
+        entries = review_queue(session, tenant_id=tenant.id, task_id=task.id, kind="label_issue", limit=top)
+        if entries:
+            click.echo("  likely label errors (review with GET /v1/review?task=...):")
+            for e in entries:
+                text = e.text if len(e.text) <= 60 else e.text[:57] + "..."
+                click.echo(f"    {e.client_id}: '{e.effective_label}' -> '{e.suggested_label}'  {text!r}")
