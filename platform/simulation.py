@@ -68,6 +68,8 @@ class SimConfig:
     seed: int = 0
     test_limit: int | None = None
     sla_threshold: float = 0.75  # measured against user feedback, which carries the injected noise
+    sla_window_days: int = 1  # each simulated day is judged (and checked for drift) on its own traffic
+    sla_min_labeled: int = 30
     arms: tuple[str, ...] = ARMS
     settings: dict[str, Any] = field(default_factory=dict)  # Settings overrides (ladder thresholds, base model…)
 
@@ -267,7 +269,12 @@ def _replay(
     for t in tenants:
         api.call("POST", "/v1/tenants", api.admin, {"slug": t, "name": t.replace("-", " ").title()})
         api.keys[t] = api.call("POST", "/v1/keys", api.admin, {"tenant": t, "scopes": ["ingest", "read"]})["key"]
-        sla = {"metric": "accuracy", "threshold": cfg.sla_threshold, "window_days": 7, "min_labeled": 30}
+        sla = {
+            "metric": "accuracy",
+            "threshold": cfg.sla_threshold,
+            "window_days": cfg.sla_window_days,
+            "min_labeled": cfg.sla_min_labeled,
+        }
         api.call("PUT", f"/v1/slas/{t}/{TASK}", api.admin, sla)
 
     by_day: dict[int, list[Item]] = defaultdict(list)

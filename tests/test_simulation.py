@@ -72,10 +72,11 @@ def test_the_gate_never_promotes_a_worse_model(results: dict) -> None:
     assert any(d["promotions"]["cleaned"] for d in days), "the loop never replaced the zero-shot model"
 
 
-def test_the_shifted_tenant_is_flagged_for_drift(results: dict) -> None:
-    days = results["days"]
-    assert days[-1]["drift_flagged"], [d["drift"] for d in results["arms"]["cleaned"]]
-    assert not days[0]["drift_flagged"]
+def test_the_shifted_tenant_is_flagged_for_drift_on_the_day_the_shift_starts(results: dict) -> None:
+    drift = [d["drift"] for d in results["arms"]["cleaned"]]
+    assert drift[0]["tenant-1"] != "detected", drift  # day 0 has no reference yet
+    assert drift[1]["tenant-1"] == "detected", drift  # the shift starts on day 1
+    assert summarize(results)["first_drift_day"] == 1
 
 
 def test_results_folder_has_the_table_and_the_charts(results: dict) -> None:
