@@ -23,6 +23,10 @@ BLUEPRINTS = [
     "flywheel.api.tasks:bp",
     "flywheel.api.predictions:bp",
     "flywheel.dashboard.views:bp",
+    "flywheel.api.predict:bp",
+    "flywheel.retrain.api:bp",
+    "flywheel.feedback.api:bp",
+    "flywheel.monitoring.api:bp",
 ]
 
 log = logging.getLogger("flywheel.http")

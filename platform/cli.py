@@ -18,7 +18,13 @@ from flywheel.db import Database
 from flywheel.errors import ApiError
 
 # "module:attribute" of every command or group that other areas add; each area adds its own line.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = [
+    "flywheel.retrain.cli:retrain",
+    "flywheel.retrain.cli:scheduler",
+    "flywheel.monitoring.cli:monitor",
+    "flywheel.feedback.cli:labels",
+    "flywheel.simulation:simulate_command",
+]
 
 
 class Context:
@@ -171,8 +177,11 @@ def tasks() -> None:
 @tasks.command("create")
 @click.argument("name")
 @click.option("--labels", help="Comma-separated labels.")
-@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="One label per line; 'label<TAB>description' adds a description for zero-shot.")
+@click.option(
+    "--labels-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="One label per line; 'label<TAB>description' adds a description for zero-shot.",
+)
 @click.option("--description", default="")
 @pass_ctx
 def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path | None, description: str) -> None:
@@ -213,6 +222,8 @@ def _run_gunicorn(settings: Settings, workers: int) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", settings.threads)
             self.cfg.set("accesslog", None)
 
         def load(self) -> Any:
@@ -246,7 +257,7 @@ def bootstrap_admin_key(db: Database) -> str | None:
 @cli.command()
 @pass_ctx
 def up(ctx: Context) -> None:
-    """All in one machine: migrate, create the first admin key if none exists, serve the web app."""
+    """All in one machine: migrate, create the first admin key if none exists, serve the web app + scheduler."""
     from flywheel.migrate import upgrade
 
     upgrade(ctx.db.engine)
@@ -259,7 +270,14 @@ def up(ctx: Context) -> None:
         click.echo(secret)
     sys.stdout.flush()
     ctx.db.dispose()
-    _run_gunicorn(ctx.settings, ctx.settings.workers)
+    from flywheel.scheduler import start_scheduler_process
+
+    scheduler = start_scheduler_process(ctx.settings)  # its own process: never inside a gunicorn worker
+    try:
+        _run_gunicorn(ctx.settings, ctx.settings.workers)
+    finally:
+        scheduler.terminate()
+        scheduler.wait(timeout=30)
 
 
 def _register_extensions() -> None:
@@ -271,3 +289,7 @@ def _register_extensions() -> None:
 def main() -> None:
     _register_extensions()
     cli(prog_name="flywheel")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,10 @@ class Settings:
     cv_folds: int = 5
     source_exclude_issue_rate: float = 0.5
     crowdlab_min_overlap: int = 20
+    source_min_labels: int = 20  # a source is judged (and maybe excluded) only after this many labels
+    label_quality_enabled: bool = True  # the nightly label-quality pass; off, every effective label trains
+    label_quality_min_labeled: int = 10  # fewer labeled predictions: the pass records nothing to score
+    review_unlabeled_cap: int = 5000  # newest unlabeled predictions scored for the `uncertain` queue
     # Retraining and the model ladder.
     holdout_percent: int = 15
     few_shot_min_per_class: int = 2
@@ -53,6 +57,10 @@ class Settings:
     drift_sample_cap: int = 50_000
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 1.0  # retry n waits webhook_backoff_s * 2**(n-1)
+    drift_text_embeddings: bool = True  # text drift on base-model embeddings (caps the drift sample at the next)
+    drift_embedding_cap: int = 5_000
+    drift_min_rows: int = 30
     # Dashboard: signed session cookie lifetime (absolute, from sign-in) and the cookie's Secure flag.
     dashboard_session_minutes: int = 480
     dashboard_secure_cookie: bool = False
