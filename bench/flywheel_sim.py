@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/flywheel_sim.py [--out sim-out/banking77] [--days 7] [--daily 500] [--noise 0.2]
 
-It is `flywheel simulate` with the dataset paths filled in; add `--database-url postgresql+psycopg://…` to run the
-arms on PostgreSQL. Unless --no-shift (or your own --shift CSV) is given, clinc150's travel domain (intents banking77 does not have)
-reaches the first tenant from the shift day on.
+It is `flywheel simulate` with the dataset paths filled in; add `--database-url postgresql+psycopg://…` to run
+the arms on PostgreSQL. Unless --no-shift (or your own --shift CSV) is given, clinc150's travel domain (intents
+banking77 does not have) reaches the first tenant from the shift day on.
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path 
 def _run_gunicorn(settings: Settings, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", workers)

@@ -110,7 +110,7 @@ def _check_probabilities(item: PredictionIn, labels: set[str]) -> list[tuple[str
 
 
 def _dedupe_batch(
-    items: Sequence[PredictionIn] | Sequence[FeedbackIn], hashes: list[str], root: str, index: list[int]
+    items: Sequence[PredictionIn | FeedbackIn], hashes: list[str], root: str, index: list[int]
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Position of each id's first occurrence; an id repeated with different content in one batch is an error."""
     first: dict[str, int] = {}
@@ -212,7 +212,7 @@ def ingest_predictions(
     _raise_if_invalid(errors, batch, len(items), "predictions")
 
     now = utcnow()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "tenant_id": tenant.id,
             "task_id": tasks[item.task].id,
@@ -270,7 +270,7 @@ def ingest_feedback(
     _raise_if_invalid(errors, batch, len(items), "feedback items")
 
     now = utcnow()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "tenant_id": tenant.id,
             "prediction_id": preds[item.prediction_id][0],

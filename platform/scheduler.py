@@ -134,7 +134,6 @@ def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
     return nightly_retrain(db, settings)
 
 
-
 def _service(key: str) -> SchedulerService | None:
     service = _SERVICES.get(key)
     if service is None:

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from support import shared_data
 
 from flywheel.simulation import SimConfig, simulate, summarize
+
+from support import shared_data
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "lost_or_stolen_card", "pin_blocked", "top_up_failed"]
 
