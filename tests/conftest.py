@@ -92,9 +92,7 @@ def world(db: Database) -> World:
     with db.session() as session:
         acme = Tenant(slug="acme", name="Acme Corp")
         globex = Tenant(slug="globex", name="Globex")
-        session.add_all(
-            [acme, globex, Task(name="intent", labels=LABELS, label_descriptions={}, description="")]
-        )
+        session.add_all([acme, globex, Task(name="intent", labels=LABELS, label_descriptions={}, description="")])
         session.flush()
         keys = {
             "admin": create_key(session, tenant=None, scopes=["admin"])[1],
