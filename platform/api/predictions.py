@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
@@ -25,16 +26,33 @@ from flywheel.api.spec import json_response, operation, parse_batch
 from flywheel.auth import Principal
 from flywheel.context import get_session
 from flywheel.errors import BadRequest, NotFound, PayloadTooLarge
+from flywheel.ingest import IngestResult as IngestStored
 from flywheel.ingest import ingest_feedback, ingest_predictions
 from flywheel.models.core import Prediction, Task
 
 bp = Blueprint("predictions", __name__, url_prefix="/v1")
 
 
-def _check_batch_size(n: int, root: str) -> None:
+def _ingest(
+    principal: Principal,
+    *,
+    root: str,
+    item: type[PredictionIn] | type[FeedbackIn],
+    batch: type[PredictionBatch] | type[FeedbackBatch],
+    store: Callable[..., IngestStored],
+    kind: str,
+) -> Response:
+    """Parse, check the size, store atomically, commit: 201 when anything was stored, 200 for a pure replay."""
+    parsed = parse_batch(request.get_data(cache=False), root=root, item=item, batch=batch)
     limit = current_app.config["FLYWHEEL_MAX_BATCH_ITEMS"]
-    if n > limit:
-        raise PayloadTooLarge(f"{n} {root} in one request; the limit is {limit}")
+    if parsed.size > limit:
+        raise PayloadTooLarge(f"{parsed.size} {root} items in one request; the limit is {limit}")
+    session = get_session()
+    result = store(session, principal.tenant_for(session), parsed.items, batch=parsed)
+    session.commit()
+    metrics.ROWS_INGESTED.labels(kind=kind).inc(result.accepted)
+    body = IngestResult(accepted=result.accepted, duplicates=result.duplicates)
+    return json_response(body, 201 if result.accepted else 200)
 
 
 @operation(
@@ -48,14 +66,13 @@ def _check_batch_size(n: int, root: str) -> None:
 )
 def post_predictions(*, principal: Principal) -> Response:
     """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing."""
-    batch = parse_batch(request.get_data(cache=False), root="predictions", item=PredictionIn, batch=PredictionBatch)
-    _check_batch_size(batch.size, "predictions")
-    session = get_session()
-    result = ingest_predictions(session, principal.tenant_for(session), batch.items, batch=batch)
-    session.commit()
-    metrics.ROWS_INGESTED.labels(kind="prediction").inc(result.accepted)
-    return json_response(
-        IngestResult(accepted=result.accepted, duplicates=result.duplicates), 201 if result.accepted else 200
+    return _ingest(
+        principal,
+        root="predictions",
+        item=PredictionIn,
+        batch=PredictionBatch,
+        store=ingest_predictions,
+        kind="prediction",
     )
 
 
@@ -70,14 +87,8 @@ def post_predictions(*, principal: Principal) -> Response:
 )
 def post_feedback(*, principal: Principal) -> Response:
     """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived."""
-    batch = parse_batch(request.get_data(cache=False), root="feedback", item=FeedbackIn, batch=FeedbackBatch)
-    _check_batch_size(batch.size, "feedback items")
-    session = get_session()
-    result = ingest_feedback(session, principal.tenant_for(session), batch.items, batch=batch)
-    session.commit()
-    metrics.ROWS_INGESTED.labels(kind="feedback").inc(result.accepted)
-    return json_response(
-        IngestResult(accepted=result.accepted, duplicates=result.duplicates), 201 if result.accepted else 200
+    return _ingest(
+        principal, root="feedback", item=FeedbackIn, batch=FeedbackBatch, store=ingest_feedback, kind="feedback"
     )
 
 

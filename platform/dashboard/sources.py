@@ -303,37 +303,12 @@ def alerts(
 # --- label quality -----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ReviewItem:
-    prediction_id: int
-    client_id: str
-    text: str
-    label: str
-    feedback: list[dict[str, Any]]
-    effective_label: str | None
-    suggested_label: str | None
-    quality: float | None
-    reason: str | None
-
-
-def review_queue(session: Session, *, tenant: Tenant, task: Task, kind: str, limit: int) -> list[ReviewItem]:
-    """The label-quality area's review queue (``flywheel.feedback.review``), most worth a person's time first."""
+def review_queue(session: Session, *, tenant: Tenant, task: Task, kind: str, limit: int) -> list[Any]:
+    """The label-quality area's review queue (``flywheel.feedback.review.ReviewEntry`` items), most worth a
+    person's time first."""
     from flywheel.feedback.review import review_queue as queue
 
-    return [
-        ReviewItem(
-            prediction_id=e.prediction_id,
-            client_id=e.client_id,
-            text=e.text,
-            label=e.label,
-            feedback=e.feedback,
-            effective_label=e.effective_label,
-            suggested_label=e.suggested_label,
-            quality=e.quality,
-            reason=e.reason,
-        )
-        for e in queue(session, tenant_id=tenant.id, task_id=task.id, kind=kind, limit=limit)
-    ]
+    return queue(session, tenant_id=tenant.id, task_id=task.id, kind=kind, limit=limit)
 
 
 def record_review(
