@@ -194,11 +194,16 @@ class Server:
     """The Flywheel web app on a real socket (127.0.0.1, a free port), served from a thread."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
 
         from flywheel.app import create_app
 
-        self._server = make_server("127.0.0.1", 0, create_app(settings, db=db), threaded=True)
+        class QuietHandler(WSGIRequestHandler):
+            def log_request(self, *_args: Any, **_kwargs: Any) -> None:  # the app logs its own requests
+                pass
+
+        app = create_app(settings, db=db)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -199,14 +199,15 @@ def test_drift_reference_is_the_champions_training_data_when_known(
     put_sla(client, world)
     # Old rows: 200 the champion trained on (short texts) and 200 it did not (long texts); the current window
     # looks like the training rows, so against the training data there is no drift.
-    add_predictions(world.db, "acme", labeled(200, 190), prefix="train", at=NOW - timedelta(days=30))
+    # (prefixes of equal length: the text length is one of the signals)
+    add_predictions(world.db, "acme", labeled(200, 190), prefix="trn", at=NOW - timedelta(days=30))
     add_predictions(world.db, "acme", labeled(200, 190, conf=0.5), prefix="other", at=NOW - timedelta(days=10),
                     text_length=400)  # fmt: skip
     add_predictions(world.db, "acme", labeled(200, 190), prefix="cur")
     artifact = tmp_path / "model"
     artifact.mkdir()
     with world.db.session() as session:
-        train_ids = list(session.scalars(select(Prediction.id).where(Prediction.client_id.like("train-%"))))
+        train_ids = list(session.scalars(select(Prediction.id).where(Prediction.client_id.like("trn-%"))))
         task = session.scalars(select(Task)).one()
         model = ModelVersion(task_id=task.id, tenant_id=None, version="m1", rung="few_shot", status="champion",
                              metrics={}, lineage={}, artifact_path=str(artifact))  # fmt: skip

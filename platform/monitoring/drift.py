@@ -5,9 +5,10 @@ else the previous window) on four signals:
 
 - ``predicted_label`` (categorical), ``confidence`` and ``text_length`` (numerical): one ``ValueDrift`` each
   inside Evidently's ``DataDriftPreset``, with Evidently's default per-column test and threshold;
-- ``text``: ``EmbeddingsDrift`` on base-model embeddings (a domain classifier's ROC AUC, ``lte(0.55)`` test).
+- ``text``: ``EmbeddingsDrift`` on base-model embeddings (a domain classifier's ROC AUC, ``lte(0.6)`` test).
 
-Drift is ``detected`` when the share of failed column tests reaches ``drift_share`` (0.5: two of four signals),
+Drift is ``detected`` when the share of failed column tests reaches ``drift_share`` (0.5: two of four signals; one
+of the two input signals when the reference is the champion's training data, see ``run_drift``),
 ``unknown`` when either side has fewer than ``min_rows`` rows. The snapshot (Evidently's full JSON) is kept so the
 HTML report can be rendered later from storage.
 """
@@ -28,7 +29,11 @@ if TYPE_CHECKING:
 
 TABULAR_COLUMNS = ("predicted_label", "confidence", "text_length")
 EMBEDDING_NAME = "text"
-EMBEDDING_THRESHOLD = 0.55  # ROC AUC of the domain classifier above which the text is said to drift
+# ROC AUC of the domain classifier above which the text is said to drift. Evidently's default is 0.55; on windows of a
+# few hundred rows from one distribution the AUC wanders to 0.56 (seen in the banking77 simulation), while a new
+# domain scores 0.7 and more, so 0.6 keeps the margin on both sides.
+EMBEDDING_THRESHOLD = 0.6
+MODEL_OUTPUT_COLUMNS = ("predicted_label", "confidence")
 
 
 @dataclass
@@ -131,8 +136,14 @@ def run_drift(
     drift_share: float = 0.5,
     min_rows: int = 30,
     seed: int = 0,
+    model_outputs: bool = True,
 ) -> DriftResult:
-    """Run the Evidently report on ``current`` against ``reference`` and decide the drift status."""
+    """Run the Evidently report on ``current`` against ``reference`` and decide the drift status.
+
+    ``model_outputs=False`` leaves the predicted label and the confidence out of the verdict (they stay in the
+    report): when the reference is the champion's training data, its rows were answered by an older model, and a
+    new model answering differently is not drift in the traffic.
+    """
     if len(reference) < min_rows or len(current) < min_rows:
         return DriftResult("unknown", None, n_reference=len(reference), n_current=len(current))
     with_embeddings = _has_embeddings(reference) and _has_embeddings(current)
@@ -153,8 +164,9 @@ def run_drift(
         warnings.simplefilter("ignore")
         snapshot = report.run(cur, ref)
     columns = _column_results(snapshot.dict())
-    failed = sum(1 for c in columns.values() if c["detected"])
-    share = failed / len(columns) if columns else None
+    counted = {k: c for k, c in columns.items() if model_outputs or k not in MODEL_OUTPUT_COLUMNS}
+    failed = sum(1 for c in counted.values() if c["detected"])
+    share = failed / len(counted) if counted else None
     status = "detected" if share is not None and share >= drift_share else "none"
     return DriftResult(
         status,

@@ -76,7 +76,12 @@ def check_drift(db: Database, settings: Settings, sla_id: int, *, now: datetime)
             return None
         inputs = load_drift_inputs(session, sla, settings, now=now)
         tenant_id, task_id = sla.tenant_id, sla.task_id
-    result = run_drift(inputs.reference, inputs.current, min_rows=settings.drift_min_rows)
+    result = run_drift(
+        inputs.reference,
+        inputs.current,
+        min_rows=settings.drift_min_rows,
+        model_outputs=inputs.reference_kind == "window",
+    )
     with db.session() as session:
         report = DriftReport(
             tenant_id=tenant_id,
