@@ -77,12 +77,39 @@ def _to_db(table: Table, rows: list[dict[str, Any]], dialect: str) -> list[dict[
 def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> dict[str, int]:
     """INSERT … ON CONFLICT DO NOTHING RETURNING, in multi-row VALUES batches; returns client_id -> id inserted."""
     dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return _insert_unnest(session, table, _to_db(table, rows, dialect))
     bulk = _untyped(table)
-    stmt = (postgresql.insert(bulk) if dialect == "postgresql" else sqlite.insert(bulk)).on_conflict_do_nothing(
-        index_elements=["tenant_id", "client_id"]
-    )
+    stmt = sqlite.insert(bulk).on_conflict_do_nothing(index_elements=["tenant_id", "client_id"])
     result = session.execute(stmt.returning(bulk.c.client_id, bulk.c.id), _to_db(table, rows, dialect))
     return {cid: pk for cid, pk in result}
+
+
+@functools.cache
+def _unnest_sql(table: Table) -> str:
+    """``INSERT … SELECT * FROM unnest(array per column)``: one statement with one parameter per column.
+
+    A multi-row VALUES statement has one placeholder per value (16,000 for 1,000 predictions), and psycopg parses
+    that query text anew on every call: 60% of a batch's time, measured. Arrays keep the statement small and fixed.
+    """
+    dialect = postgresql.dialect()
+    cols = [c for c in table.columns if c.name != "id"]
+    casts = [
+        f"%({c.name})s::{'json' if isinstance(c.type, JSON) else c.type.compile(dialect=dialect).lower()}[]"
+        for c in cols
+    ]
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    return (
+        f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
+        "ON CONFLICT (tenant_id, client_id) DO NOTHING RETURNING client_id, id"
+    )
+
+
+def _insert_unnest(session: Session, table: Table, rows: list[dict[str, Any]]) -> dict[str, int]:
+    columns = {c.name: [row[c.name] for row in rows] for c in table.columns if c.name != "id"}
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(_unnest_sql(table), columns)
+    return {cid: pk for cid, pk in cursor.fetchall()}
 
 
 def _check_probabilities(item: PredictionIn, labels: set[str]) -> list[tuple[str, str]]:
