@@ -20,13 +20,22 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from flywheel.api.schemas import FeedbackIn, PredictionIn
-from flywheel.api.spec import Batch
 from flywheel.db import UTCDateTime, utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task, Tenant
 
 PROBABILITY_SUM_TOLERANCE = 1e-3
 CONFIDENCE_TOLERANCE = 1e-6
+
+
+@dataclass
+class Batch:
+    """A parsed batch: the valid items with their original indexes, and the schema errors of the others."""
+
+    items: list[Any]
+    indexes: list[int]
+    errors: list[dict[str, Any]]
+    size: int
 
 
 @dataclass(frozen=True)

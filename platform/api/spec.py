@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from flywheel.auth import Principal, authenticate
 from flywheel.context import get_session
 from flywheel.errors import BadRequest, PayloadTooLarge, Unprocessable
+from flywheel.ingest import Batch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,16 +63,6 @@ def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
             raise BadRequest("the request body is not valid JSON") from None
         errors = validation_errors(exc)
         raise Unprocessable(f"{len(errors)} problem(s) in the request body", errors=errors) from None
-
-
-@dataclass
-class Batch:
-    """A parsed batch: the valid items with their original indexes, and the schema errors of the others."""
-
-    items: list[Any]
-    indexes: list[int]
-    errors: list[dict[str, Any]]
-    size: int
 
 
 def parse_batch(raw: bytes, *, root: str, item: type[BaseModel], batch: type[BaseModel]) -> Batch:

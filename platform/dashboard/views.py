@@ -471,22 +471,25 @@ def promote(model_id: int) -> Any:
     return redirect(url_for("dashboard.models"))
 
 
+def _admin_scope(session: Any, values: Any) -> tuple[Task, Tenant | None]:
+    """The task and optional tenant an admin action names (form or query); 403 for non-admins, 404 if unknown."""
+    if not current_principal().is_admin:
+        abort(403)
+    task = session.scalar(select(Task).where(Task.name == values.get("task", "")))
+    if task is None:
+        raise NotFound("there is no such task")
+    tenant_slug = values.get("tenant") or None
+    tenant_row = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug)) if tenant_slug else None
+    if tenant_slug and tenant_row is None:
+        raise NotFound(f"there is no tenant '{tenant_slug}'")
+    return task, tenant_row
+
+
 @bp.route("/models/rollback", methods=["GET", "POST"])
 @signed_in
 def rollback() -> Any:
-    principal = current_principal()
-    if not principal.is_admin:
-        abort(403)
     session = get_session()
-    task = session.scalar(select(Task).where(Task.name == request.values.get("task", "")))
-    if task is None:
-        raise NotFound("there is no such task")
-    tenant_slug = request.values.get("tenant") or None
-    tenant_row = None
-    if tenant_slug:
-        tenant_row = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug))
-        if tenant_row is None:
-            raise NotFound(f"there is no tenant '{tenant_slug}'")
+    task, tenant_row = _admin_scope(session, request.values)
     tenant_id = tenant_row.id if tenant_row else None
     if request.method == "GET" or request.form.get("confirm") != "yes":
         from flywheel.retrain.registry import champion_slot
@@ -512,17 +515,8 @@ def rollback() -> Any:
 @signed_in
 def queue_training_run() -> Any:
     """Queue a training run (admin), exactly as ``POST /v1/training-runs`` does; the scheduler picks it up."""
-    principal = current_principal()
-    if not principal.is_admin:
-        abort(403)
     session = get_session()
-    task = session.scalar(select(Task).where(Task.name == request.form.get("task", "")))
-    if task is None:
-        raise NotFound("there is no such task")
-    tenant_slug = request.form.get("tenant") or None
-    tenant_row = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug)) if tenant_slug else None
-    if tenant_slug and tenant_row is None:
-        raise NotFound(f"there is no tenant '{tenant_slug}'")
+    task, tenant_row = _admin_scope(session, request.form)
     run = sources.queue_training_run(session, task=task, tenant=tenant_row, settings=get_settings())
     session.commit()
     scope = f"{tenant_row.slug} on {task.name}" if tenant_row else f"{task.name} (shared model)"
