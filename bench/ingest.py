@@ -4,7 +4,8 @@
     .venv/bin/python bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 Real text (banking77) is posted in 1,000-item batches and as single items; the client sends bodies serialized
-beforehand over one keep-alive connection, so only the server's work is timed. The baselines: the same rows
+beforehand over one keep-alive connection, so only the server's work is timed, after an untimed warm-up (gunicorn
+preloads the app, as ``flywheel serve`` does). The baselines: the same rows
 inserted with raw SQL (SQLite ``executemany`` in one transaction; PostgreSQL ``COPY``) and a no-op POST served by
 the same gunicorn configuration.
 """
@@ -119,6 +120,7 @@ class Server:
                 "gthread",
                 "--threads",
                 str(threads),
+                "--preload",  # as `flywheel serve`: workers fork from a loaded app and start ready
                 "--log-level",
                 "warning",
             ],
@@ -128,8 +130,10 @@ class Server:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return
             except OSError:
                 time.sleep(0.2)
         raise SystemExit("gunicorn did not start")
@@ -256,6 +260,11 @@ def main() -> None:
     key = prepare(url, labels)
     server = Server(url, args.workers, args.threads)
     try:
+        warm = [dict(it, id=f"warm-{it['id']}") for it in items[:1000]]
+        # Untimed warm-up: every worker thread's first statements, SQLite's page cache, CPython's caches.
+        post_all(server.port, "/v1/predictions", [json.dumps({"predictions": warm[:500]}).encode()], key)
+        post_all(server.port, "/v1/predictions", [json.dumps(it).encode() for it in warm[500:]], key)
+        post_all(server.port, "/_bench/noop", [b"{}"] * 500, key)
         batches = [json.dumps({"predictions": items[i : i + 1000]}).encode() for i in range(0, len(items), 1000)]
         results["batched"] = args.rows / post_all(server.port, "/v1/predictions", batches, key)
         singles = [json.dumps(dict(it, id=f"single-{i}")).encode() for i, it in enumerate(items[: args.singles])]

@@ -75,7 +75,7 @@ def main() -> None:
         ids = [f"b-{i}" for i in range(len(rows))]
         ingest_predictions(
             session,
-            tenant,
+            tenant.id,
             [
                 PredictionIn(id=i, task="banking77", text=t, label=labels[0], confidence=0.5)
                 for i, (t, _) in zip(ids, rows, strict=True)
@@ -83,7 +83,7 @@ def main() -> None:
         )
         ingest_feedback(
             session,
-            tenant,
+            tenant.id,
             [
                 FeedbackIn(id=f"f-{i}", prediction_id=i, label=y, source="agent")
                 for i, (_, y) in zip(ids, rows, strict=True)

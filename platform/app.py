@@ -13,6 +13,7 @@ from flywheel import errors, logs, metrics
 from flywheel.config import Settings
 from flywheel.context import EXTENSION, close_session, get_db, get_session, get_settings
 from flywheel.db import Database
+from flywheel.ingest import TaskCatalog
 
 __all__ = ["create_app", "get_db", "get_session", "get_settings"]
 
@@ -46,7 +47,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         SESSION_COOKIE_SAMESITE="Lax",
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = {"db": db or Database(settings.database_url), "settings": settings}
+    app.extensions[EXTENSION] = {
+        "db": db or Database(settings.database_url),
+        "settings": settings,
+        "tasks": TaskCatalog(),
+    }
     errors.init_app(app)
     app.teardown_appcontext(close_session)
     _instrument(app)

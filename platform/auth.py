@@ -6,11 +6,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from flywheel.db import HotStatement
 from flywheel.errors import Forbidden, NotFound, Unauthorized, Unprocessable
-from flywheel.models.core import ApiKey, Tenant
+from flywheel.models.core import ApiKey, Tenant, split_scopes
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PREFIX = "fw"
@@ -75,31 +76,39 @@ class Principal:
             if tenant is None:
                 raise NotFound(f"tenant '{slug}' does not exist")
             return tenant
+        if slug is not None and slug != self.tenant_slug:
+            raise NotFound(f"tenant '{slug}' does not exist")
+        tenant = session.get(Tenant, self.own_tenant_id())
+        assert tenant is not None
+        return tenant
+
+    def own_tenant_id(self) -> int:
+        """The key's tenant, for requests that act on it only (ingestion); an admin key without one gets a 422."""
         if self.tenant_id is None:
             raise Unprocessable(
                 "this admin key belongs to no tenant: name one with the 'tenant' query parameter",
                 errors=[{"loc": ["query", "tenant"], "msg": "required for admin keys"}],
             )
-        if slug is not None and slug != self.tenant_slug:
-            raise NotFound(f"tenant '{slug}' does not exist")
-        tenant = session.get(Tenant, self.tenant_id)
-        assert tenant is not None
-        return tenant
+        return self.tenant_id
 
     def can_see_tenant(self, tenant_id: int) -> bool:
         return self.is_admin or self.tenant_id == tenant_id
+
+
+# Every request runs this: one statement, columns only (no ORM objects, no lazy load of the tenant).
+_KEY_LOOKUP = HotStatement(
+    select(ApiKey.id, ApiKey.tenant_id, Tenant.slug, ApiKey.scopes)
+    .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+)
 
 
 def authenticate(session: Session, authorization: str | None) -> Principal:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized()
     key = authorization.removeprefix("Bearer ").strip()
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    row = _KEY_LOOKUP.cursor(session, {"key_hash": hash_key(key)}).fetchone()
     if row is None:
         raise Unauthorized("unknown or revoked API key")
-    return Principal(
-        key_id=row.id,
-        tenant_id=row.tenant_id,
-        tenant_slug=row.tenant.slug if row.tenant else None,
-        scopes=row.scope_set,
-    )
+    key_id, tenant_id, slug, scopes = row
+    return Principal(key_id=key_id, tenant_id=tenant_id, tenant_slug=slug, scopes=split_scopes(scopes))

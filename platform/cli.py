@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flywheel.config import Settings
+from flywheel.context import EXTENSION
 from flywheel.db import Database
 from flywheel.errors import ApiError
 
@@ -215,6 +216,12 @@ def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path 
 # --- processes ------------------------------------------------------------------------------------------------
 
 
+def _dispose_inherited_engine(worker: Any) -> None:
+    """A forked worker must not reuse the parent's pooled connections (SQLAlchemy, "Using Connection Pools with
+    Multiprocessing"): drop them without closing the parent's."""
+    worker.wsgi.extensions[EXTENSION]["db"].engine.dispose(close=False)
+
+
 def _run_gunicorn(settings: Settings, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -225,6 +232,9 @@ def _run_gunicorn(settings: Settings, workers: int) -> None:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", settings.threads)
             self.cfg.set("accesslog", None)
+            # The app is built once, before the workers fork: they start ready and share its memory.
+            self.cfg.set("preload_app", True)
+            self.cfg.set("post_worker_init", _dispose_inherited_engine)
 
         def load(self) -> Any:
             from flywheel.app import create_app

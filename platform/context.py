@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from flywheel.config import Settings
     from flywheel.db import Database
+    from flywheel.ingest import TaskCatalog
 
 EXTENSION = "flywheel"
 
@@ -23,6 +24,11 @@ def get_db() -> Database:
 def get_settings() -> Settings:
     settings: Settings = current_app.extensions[EXTENSION]["settings"]
     return settings
+
+
+def get_tasks() -> TaskCatalog:
+    tasks: TaskCatalog = current_app.extensions[EXTENSION]["tasks"]
+    return tasks
 
 
 def get_session() -> Session:

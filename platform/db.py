@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy import ClauseElement, DateTime, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.engine import Compiled, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -80,7 +80,28 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so concurrent writers queue instead of failing
         # with "database is locked" when a read transaction tries to upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # the driver's own call: every request runs it
+
+
+class HotStatement:
+    """A fixed statement executed on the driver's cursor of the session's connection, skipping SQLAlchemy's
+    per-execution work (cache key, parameter processing, result set-up: ~40 µs a statement, measured against ~2 µs
+    on the cursor). Only for the few statements every ingest request runs, whose values need no type processing."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self.statement = statement
+        self._compiled: dict[str, Compiled] = {}
+
+    def cursor(self, session: Session, params: dict[str, Any]) -> Any:
+        """Execute in the session's transaction; returns the driver's cursor (``fetchone``, ``rowcount``)."""
+        connection = session.connection()
+        compiled = self._compiled.get(connection.dialect.name)
+        if compiled is None:
+            compiled = self._compiled[connection.dialect.name] = self.statement.compile(dialect=connection.dialect)
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        positions = getattr(compiled, "positiontup", None)
+        cursor.execute(compiled.string, tuple(params[k] for k in positions) if positions else params)
+        return cursor
 
 
 class Database:

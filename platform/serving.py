@@ -129,5 +129,5 @@ class ModelServer:
                         created_at=inputs[k].created_at,
                     )
                 )
-            ingest_predictions(session, tenant, items)
+            ingest_predictions(session, tenant.id, items)
         return [out[k] for k in range(len(inputs))]

@@ -79,7 +79,7 @@ def add_labeled(db: Database, tenant: str, n: int, *, seed: int, prefix: str | N
         assert t is not None
         ingest_predictions(
             session,
-            t,
+            t.id,
             [
                 PredictionIn(id=cid, task=TASK, text=text, label=LABELS[0], confidence=0.5)
                 for cid, text in zip(ids, texts, strict=True)
@@ -87,7 +87,7 @@ def add_labeled(db: Database, tenant: str, n: int, *, seed: int, prefix: str | N
         )
         ingest_feedback(
             session,
-            t,
+            t.id,
             [
                 FeedbackIn(id=f"fb-{cid}", prediction_id=cid, label=y, source="agent", source_id="agent-1")
                 for cid, y in zip(ids, ys, strict=True)

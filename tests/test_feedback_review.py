@@ -139,8 +139,8 @@ def _populate(db: Database) -> Plan:
                     created_at=T0,
                 )
             )
-        ingest_predictions(session, acme, items)
-        ingest_feedback(session, acme, [FeedbackIn(**f) for f in feedback])
+        ingest_predictions(session, acme.id, items)
+        ingest_feedback(session, acme.id, [FeedbackIn(**f) for f in feedback])
     return Plan(truth, holdout, troll, crowd, crowd[5], unlabeled, encoder)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from datetime import datetime
 
@@ -24,7 +25,7 @@ from flywheel.api.schemas import (
 from flywheel.api.serializers import predictions_out
 from flywheel.api.spec import json_response, operation, parse_batch
 from flywheel.auth import Principal
-from flywheel.context import get_session
+from flywheel.context import get_session, get_tasks
 from flywheel.errors import BadRequest, NotFound, PayloadTooLarge
 from flywheel.ingest import IngestResult as IngestStored
 from flywheel.ingest import ingest_feedback, ingest_predictions
@@ -48,7 +49,7 @@ def _ingest(
     if parsed.size > limit:
         raise PayloadTooLarge(f"{parsed.size} {root} items in one request; the limit is {limit}")
     session = get_session()
-    result = store(session, principal.tenant_for(session), parsed.items, batch=parsed)
+    result = store(session, principal.own_tenant_id(), parsed.items, batch=parsed)
     session.commit()
     metrics.ROWS_INGESTED.labels(kind=kind).inc(result.accepted)
     body = IngestResult(accepted=result.accepted, duplicates=result.duplicates)
@@ -71,7 +72,7 @@ def post_predictions(*, principal: Principal) -> Response:
         root="predictions",
         item=PredictionIn,
         batch=PredictionBatch,
-        store=ingest_predictions,
+        store=functools.partial(ingest_predictions, tasks=get_tasks()),
         kind="prediction",
     )
 

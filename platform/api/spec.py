@@ -12,10 +12,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from flywheel.auth import Principal, authenticate
 from flywheel.context import get_session
@@ -51,11 +51,15 @@ def validation_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) 
     return out
 
 
-def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+def check_body_size(raw: bytes) -> None:
     if len(raw) > current_app.config["FLYWHEEL_MAX_BODY_BYTES"]:
         raise PayloadTooLarge(f"the request body exceeds {current_app.config['FLYWHEEL_MAX_BODY_BYTES']} bytes")
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON document")
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+    check_body_size(raw)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -65,16 +69,26 @@ def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise Unprocessable(f"{len(errors)} problem(s) in the request body", errors=errors) from None
 
 
+@functools.cache
+def _either(batch: type[BaseModel], item: type[BaseModel]) -> TypeAdapter[Any]:
+    """A batch ``{root: [...]}`` or one bare item, tried in that order."""
+    either: Any = Annotated[batch | item, Field(union_mode="left_to_right")]
+    return TypeAdapter(either)
+
+
 def parse_batch(raw: bytes, *, root: str, item: type[BaseModel], batch: type[BaseModel]) -> Batch:
     """Parse ``{root: [...]}`` (or one bare item), validating each item on its own so that a 422 can list every bad
     item by index, including the ones whose problems only the service can see."""
-    try:
-        parsed = parse_body(batch, raw)
-        items = list(getattr(parsed, root))
+    check_body_size(raw)
+    try:  # the common case, valid: one pass of pydantic's JSON parser over either form
+        parsed = _either(batch, item).validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("the request body is not valid JSON") from None
+    else:
+        items = list(getattr(parsed, root)) if isinstance(parsed, batch) else [parsed]
         return Batch(items=items, indexes=list(range(len(items))), errors=[], size=len(items))
-    except Unprocessable:
-        pass
-    doc = json.loads(raw)  # valid JSON: parse_body already answered 400 otherwise
+    doc = json.loads(raw)  # valid JSON (400 above otherwise); now find every problem, item by item
     if isinstance(doc, dict) and root not in doc and "id" in doc:
         doc = {root: [doc]}  # a single bare item
     if not isinstance(doc, dict) or not isinstance(doc.get(root), list) or set(doc) != {root} or not doc[root]:
@@ -153,8 +167,9 @@ def operation(
 
 
 def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> Response:
-    payload = model.model_dump(mode="json", exclude_none=False) if isinstance(model, BaseModel) else model
-    response = jsonify(payload)
+    if isinstance(model, BaseModel):  # pydantic's own serializer: one pass, no intermediate dict
+        return Response(model.model_dump_json(), status=status, mimetype="application/json")
+    response = jsonify(model)
     response.status_code = status
     return response
 

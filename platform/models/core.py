@@ -55,7 +55,12 @@ class ApiKey(Base):
 
     @property
     def scope_set(self) -> frozenset[str]:
-        return frozenset(s for s in self.scopes.split(",") if s)
+        return split_scopes(self.scopes)
+
+
+def split_scopes(scopes: str) -> frozenset[str]:
+    """The stored comma-separated scopes as a set."""
+    return frozenset(s for s in scopes.split(",") if s)
 
 
 class Task(Base):
