@@ -103,11 +103,13 @@ def _unnest_sql(table: Table) -> str:
 
     A multi-row VALUES statement has one placeholder per value (16,000 for 1,000 predictions), and psycopg parses
     that query text anew on every call: 60% of a batch's time, measured. Arrays keep the statement small and fixed.
+    They travel in binary (``%(name)b``): psycopg's text format quotes every element with a regex, which took
+    half of a batch's time, measured.
     """
     dialect = postgresql.dialect()
     cols = [c for c in table.columns if c.name != "id"]
     casts = [
-        f"%({c.name})s::{'json' if isinstance(c.type, JSON) else c.type.compile(dialect=dialect).lower()}[]"
+        f"%({c.name})b::{'json' if isinstance(c.type, JSON) else c.type.compile(dialect=dialect).lower()}[]"
         for c in cols
     ]
     names = ", ".join(f'"{c.name}"' for c in cols)
