@@ -42,5 +42,4 @@ def get_session() -> Session:
 def close_session(_exc: BaseException | None = None) -> None:
     session = g.pop("session", None)
     if session is not None:
-        session.rollback()
-        session.close()
+        session.close()  # rolls back whatever the view did not commit
