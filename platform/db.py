@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import ClauseElement, DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Compiled, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -98,9 +99,20 @@ class HotStatement:
         compiled = self._compiled.get(connection.dialect.name)
         if compiled is None:
             compiled = self._compiled[connection.dialect.name] = self.statement.compile(dialect=connection.dialect)
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        dbapi_connection = connection.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
         positions = getattr(compiled, "positiontup", None)
-        cursor.execute(compiled.string, tuple(params[k] for k in positions) if positions else params)
+        args = tuple(params[k] for k in positions) if positions else params
+        dialect = connection.dialect
+        try:
+            cursor.execute(compiled.string, args)
+        except dialect.loaded_dbapi.Error as exc:  # wrapped as SQLAlchemy would, so the 503 handler sees it
+            lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                compiled.string, args, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=dialect
+            ) from exc
         return cursor
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+from sqlalchemy import column, select, table
+from sqlalchemy.exc import DBAPIError
+
 from flywheel.app import create_app
 from flywheel.config import Settings
+from flywheel.db import HotStatement
 
 from support import World, prediction
 
@@ -69,3 +74,11 @@ def test_unexpected_errors_are_500_problem_without_details(app, client) -> None:
     r = client.get("/boom")
     assert r.status_code == 500 and r.content_type == "application/problem+json"
     assert "secret" not in r.get_data(as_text=True)
+
+
+def test_hot_statements_raise_database_errors_as_sqlalchemy_does(db) -> None:
+    """The key lookup runs on the driver's cursor; its errors must still reach the app's 503/500 handlers."""
+    missing = HotStatement(select(column("x")).select_from(table("no_such_table")))
+    with db.session() as session, pytest.raises(DBAPIError) as caught:
+        missing.cursor(session, {})
+    assert "no_such_table" in str(caught.value.orig)
