@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
-from flywheel.app import create_app
+from flywheel.app import create_server_app
 
 
 def create_bench_app() -> Flask:
-    app = create_app()
+    app = create_server_app()  # as `flywheel serve` builds it
 
     @app.post("/_bench/noop")
     def noop() -> Response:

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from flywheel.db import HotStatement
@@ -103,11 +103,11 @@ _KEY_LOOKUP = HotStatement(
 )
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+def authenticate(db: Connection | Session, authorization: str | None) -> Principal:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized()
     key = authorization.removeprefix("Bearer ").strip()
-    row = _KEY_LOOKUP.cursor(session, {"key_hash": hash_key(key)}).fetchone()
+    row = _KEY_LOOKUP.cursor(db, {"key_hash": hash_key(key)}).fetchone()
     if row is None:
         raise Unauthorized("unknown or revoked API key")
     key_id, tenant_id, slug, scopes = row

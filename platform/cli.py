@@ -237,9 +237,9 @@ def _run_gunicorn(settings: Settings, workers: int) -> None:
             self.cfg.set("post_worker_init", _dispose_inherited_engine)
 
         def load(self) -> Any:
-            from flywheel.app import create_app
+            from flywheel.app import create_server_app
 
-            return create_app(settings)
+            return create_server_app(settings)
 
     Server().run()
 

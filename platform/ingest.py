@@ -1,6 +1,7 @@
 """Ingestion services: batches of predictions and feedback, atomic and idempotent on the client id.
 
-Services take the session first and never commit; the caller (a view, the serving path, a job) owns the transaction.
+Services take the session (or, on the hot path, the connection) first and never commit; the caller (a view, the
+serving path, a job) owns the transaction.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import JSON, Table, bindparam, select
+from sqlalchemy import JSON, Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from flywheel.api.schemas import FeedbackIn, PredictionIn
-from flywheel.db import UTCDateTime, utcnow
+from flywheel.db import UTCDateTime, driver_execute, utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task
 
@@ -119,18 +120,17 @@ def _unnest_sql(table: Table) -> str:
     )
 
 
-def _insert_ignoring_conflicts(session: Session, table: Table, rows: list[dict[str, Any]]) -> int:
+def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: list[dict[str, Any]]) -> int:
     """INSERT … ON CONFLICT (tenant_id, client_id) DO NOTHING, straight to the driver; returns how many rows were
     inserted. SQLite: ``executemany`` of one prepared statement (what the raw-SQL baseline does); PostgreSQL: one
     statement over arrays."""
-    connection = session.connection()
-    dialect = connection.dialect.name
+    dialect = (db.get_bind() if isinstance(db, Session) else db).dialect.name
     rows = _to_db(table, rows, dialect)
     if dialect == "postgresql":
-        params: Any = {name: [row[name] for row in rows] for name in _columns(table)}
-        return connection.exec_driver_sql(_unnest_sql(table), params).rowcount
+        columns = {name: [row[name] for row in rows] for name in _columns(table)}
+        return int(driver_execute(db, _unnest_sql(table), columns).rowcount)
     values = operator.itemgetter(*_columns(table))
-    return connection.exec_driver_sql(_sqlite_sql(table), [values(row) for row in rows]).rowcount
+    return int(driver_execute(db, _sqlite_sql(table), [values(row) for row in rows], many=True).rowcount)
 
 
 def _check_probabilities(item: PredictionIn, labels: frozenset[str]) -> list[tuple[str, str]]:
@@ -172,7 +172,7 @@ def _dedupe_batch(
 
 
 def _store(
-    session: Session,
+    db: Connection | Session,
     model: type[Prediction] | type[Feedback],
     tenant_id: int,
     rows: list[dict[str, Any]],
@@ -185,11 +185,11 @@ def _store(
     only when some were skipped."""
     table: Table = model.__table__  # type: ignore[assignment]
     hashes = {r["client_id"]: r["content_hash"] for r in rows}
-    accepted = _insert_ignoring_conflicts(session, table, rows)
+    accepted = _insert_ignoring_conflicts(db, table, rows)
     if accepted < len(rows):
         ids = list(hashes)
         for start in range(0, len(ids), 1000):
-            stored = session.execute(
+            stored = db.execute(
                 select(table.c.client_id, table.c.content_hash).where(
                     table.c.tenant_id == tenant_id, table.c.client_id.in_(ids[start : start + 1000])
                 )
@@ -227,16 +227,16 @@ class TaskCatalog:
     def __init__(self) -> None:
         self._known: dict[str, tuple[int, frozenset[str]]] = {}
 
-    def lookup(self, session: Session, names: set[str]) -> dict[str, tuple[int, frozenset[str]]]:
+    def lookup(self, db: Connection | Session, names: set[str]) -> dict[str, tuple[int, frozenset[str]]]:
         missing = [name for name in names if name not in self._known]
         if missing:
-            for name, pk, labels in session.connection().execute(self._QUERY, {"names": missing}):
+            for name, pk, labels in db.execute(self._QUERY, {"names": missing}):
                 self._known[name] = (pk, frozenset(labels))
         return {name: self._known[name] for name in names if name in self._known}
 
 
 def ingest_predictions(
-    session: Session,
+    db: Connection | Session,
     tenant_id: int,
     items: Sequence[PredictionIn],
     *,
@@ -249,7 +249,7 @@ def ingest_predictions(
     the app's catalog (without one, the tasks are read from the database).
     """
     index = batch.indexes if batch is not None else list(range(len(items)))
-    known = (tasks or TaskCatalog()).lookup(session, {item.task for item in items})
+    known = (tasks or TaskCatalog()).lookup(db, {item.task for item in items})
     hashes = [content_hash(item) for item in items]
     first, errors = _dedupe_batch(items, hashes, "predictions", index)
     for i, item in zip(index, items, strict=True):
@@ -287,7 +287,7 @@ def ingest_predictions(
         for i, item in enumerate(items)
         if first[item.id] == i
     ]
-    accepted = _store(session, Prediction, tenant_id, rows, "prediction")
+    accepted = _store(db, Prediction, tenant_id, rows, "prediction")
     return IngestResult(accepted=accepted, duplicates=len(items) - accepted)
 
 

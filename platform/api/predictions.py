@@ -8,7 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy.orm import Session
 
 from flywheel import metrics
 from flywheel.api.schemas import (
@@ -25,7 +26,7 @@ from flywheel.api.schemas import (
 from flywheel.api.serializers import predictions_out
 from flywheel.api.spec import json_response, operation, parse_batch
 from flywheel.auth import Principal
-from flywheel.context import get_session, get_tasks
+from flywheel.context import get_connection, get_session, get_tasks
 from flywheel.errors import BadRequest, NotFound, PayloadTooLarge
 from flywheel.ingest import IngestResult as IngestStored
 from flywheel.ingest import ingest_feedback, ingest_predictions
@@ -36,6 +37,7 @@ bp = Blueprint("predictions", __name__, url_prefix="/v1")
 
 def _ingest(
     principal: Principal,
+    db: Connection | Session,
     *,
     root: str,
     item: type[PredictionIn] | type[FeedbackIn],
@@ -48,9 +50,8 @@ def _ingest(
     limit = current_app.config["FLYWHEEL_MAX_BATCH_ITEMS"]
     if parsed.size > limit:
         raise PayloadTooLarge(f"{parsed.size} {root} items in one request; the limit is {limit}")
-    session = get_session()
-    result = store(session, principal.own_tenant_id(), parsed.items, batch=parsed)
-    session.commit()
+    result = store(db, principal.own_tenant_id(), parsed.items, batch=parsed)
+    db.commit()
     metrics.ROWS_INGESTED.labels(kind=kind).inc(result.accepted)
     body = IngestResult(accepted=result.accepted, duplicates=result.duplicates)
     return json_response(body, 201 if result.accepted else 200)
@@ -69,6 +70,7 @@ def post_predictions(*, principal: Principal) -> Response:
     """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing."""
     return _ingest(
         principal,
+        get_connection(),  # Core only: no ORM session on the hottest path
         root="predictions",
         item=PredictionIn,
         batch=PredictionBatch,
@@ -89,7 +91,13 @@ def post_predictions(*, principal: Principal) -> Response:
 def post_feedback(*, principal: Principal) -> Response:
     """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived."""
     return _ingest(
-        principal, root="feedback", item=FeedbackIn, batch=FeedbackBatch, store=ingest_feedback, kind="feedback"
+        principal,
+        get_session(),
+        root="feedback",
+        item=FeedbackIn,
+        batch=FeedbackBatch,
+        store=ingest_feedback,
+        kind="feedback",
     )
 
 
