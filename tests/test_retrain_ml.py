@@ -1,4 +1,4 @@
-"""The model ladder's ML: zero-shot, few-shot head, fine-tuning (tiny BertConfig model), save/load, INT8 check."""
+"""The model ladder's ML: zero-shot, few-shot head, fine-tuning (tiny BertConfig model), save/load, ONNX INT8 check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flywheel.retrain import classifiers
 from flywheel.retrain.classifiers import (
+    FALLBACK_MARGIN,
+    ONNX_FILE,
+    OPTIMIZED_PRECISION,
     FewShotClassifier,
     FineTunedClassifier,
     TextClassifier,
@@ -215,39 +219,98 @@ def test_make_batches_cover_every_example_once_and_group_by_length() -> None:
     assert spread < random_spread / 4
 
 
-def test_verify_optimized_gates_the_int8_variant(tiny_base: Path, tmp_path: Path) -> None:
+def _op_types(data: bytes) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load_from_string(data).graph.node}
+
+
+def test_verify_optimized_gates_the_onnx_int8_variant(tiny_base: Path, tmp_path: Path) -> None:
     texts, ys = synthetic({"card": 50, "refund": 50, "login": 50}, seed=7)
-    clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=4))
+    clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=4))  # mean pooling (the default)
     out = tmp_path / "model"
     clf.save(out, metadata={})
     fp32 = load_classifier(out, device="cpu")
+    assert isinstance(fp32, FineTunedClassifier)
     holdout, _ = synthetic({"card": 30, "refund": 30, "login": 30}, seed=8)
 
     # Not verified yet: optimize=True still serves fp32.
     assert load_classifier(out, device="cpu", optimize=True).precision == "fp32"  # type: ignore[union-attr]
 
-    int8 = fp32.optimized()  # type: ignore[union-attr]
-    assert int8.precision == "int8"
-    expected = float(np.mean(fp32.predict_proba(holdout).argmax(1) == int8.predict_proba(holdout).argmax(1)))
-    # An impossible bar is refused, and load keeps serving fp32.
+    fast = fp32.optimized()
+    assert fast.precision == OPTIMIZED_PRECISION and fast.session is not None and fast.fallback is fp32
+    assert fp32.optimized() is fast  # built once
+    # Exported, fused by ONNX Runtime's BERT optimizer (attention, residual + LayerNorm) and INT8. (The embedding
+    # LayerNorm is fused too on a real model; not on this one, whose vocabulary is smaller than its positions.)
+    assert fast.onnx_model is not None
+    ops = _op_types(fast.onnx_model)
+    assert "SkipLayerNormalization" in ops
+    assert ops & {"QAttention", "Attention"} and ops & {"DynamicQuantizeMatMul", "MatMulInteger"}
+    ref, got = fp32.logits(holdout), fast.logits(holdout)
+    raw = fast._forward(holdout, 32)  # without the fp32 re-scoring of near ties
+    assert np.abs(ref - raw).max() < 0.5  # INT8 noise, not a different model
+    expected = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    assert expected >= 0.95
+
+    # An impossible bar is refused, and load keeps serving fp32 (and no ONNX file is kept).
     agreement, accepted = verify_optimized(fp32, holdout, min_agreement=1.01)
     assert agreement == pytest.approx(expected) and accepted is False
     assert read_metadata(out)["optimization"]["accepted"] is False
+    assert not (out / ONNX_FILE).exists()
     assert load_classifier(out, device="cpu", optimize=True).precision == "fp32"  # type: ignore[union-attr]
-    # A bar it meets is recorded in metadata.json, and load then serves INT8.
+    # A bar it meets is recorded in metadata.json with the ONNX file beside it, and load then serves ONNX INT8.
     agreement, accepted = verify_optimized(fp32, holdout, min_agreement=min(expected, 0.99))
     assert accepted is True
-    assert read_metadata(out)["optimization"] == {
-        "precision": "int8",
+    record = read_metadata(out)["optimization"]
+    assert {k: v for k, v in record.items() if k not in ("onnx_sha256", "onnxruntime")} == {
+        "precision": OPTIMIZED_PRECISION,
         "agreement": round(expected, 6),
         "accepted": True,
         "min_agreement": min(expected, 0.99),
         "checked_on": 90,
-        "fallback_margin": 1.0,
+        "fallback_margin": FALLBACK_MARGIN,
     }
+    assert (out / ONNX_FILE).read_bytes() == fast.onnx_model
     served = load_classifier(out, device="cpu", optimize=True)
-    assert served.precision == "int8"  # type: ignore[union-attr]
+    assert isinstance(served, FineTunedClassifier) and served.precision == OPTIMIZED_PRECISION
+    np.testing.assert_allclose(served.logits(holdout), got, atol=1e-5)
     assert served.predict_proba(holdout).shape == (90, 3)
+
+    # Missing file: rebuilt from the fp32 weights, the same bytes, so still served. A record of another model: fp32.
+    (out / ONNX_FILE).unlink()
+    rebuilt = load_classifier(out, device="cpu", optimize=True)
+    assert rebuilt.precision == OPTIMIZED_PRECISION  # type: ignore[union-attr]
+    meta = read_metadata(out)
+    meta["optimization"]["onnx_sha256"] = "0" * 64
+    (out / "metadata.json").write_text(json.dumps(meta))
+    assert load_classifier(out, device="cpu", optimize=True).precision == "fp32"  # type: ignore[union-attr]
+
+
+def test_verified_variant_is_saved_with_a_model_checked_before_saving(tiny_base: Path, tmp_path: Path) -> None:
+    """The training job verifies the fresh classifier, then saves it: the ONNX file goes with it."""
+    texts, ys = synthetic({"card": 40, "refund": 40, "login": 40}, seed=3)
+    clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=3, pooling="cls"))
+    holdout, _ = synthetic({"card": 20, "refund": 20, "login": 20}, seed=4)
+    agreement, accepted = verify_optimized(clf, holdout, min_agreement=0.9)
+    assert accepted is True and agreement >= 0.9
+    clf.save(tmp_path / "m", metadata={})
+    assert (tmp_path / "m" / ONNX_FILE).exists()
+    served = load_classifier(tmp_path / "m", device="cpu", optimize=True)
+    assert served.precision == OPTIMIZED_PRECISION  # type: ignore[union-attr]
+    assert float(np.mean(served.predict_proba(holdout).argmax(1) == clf.predict_proba(holdout).argmax(1))) >= 0.9
+
+
+def test_without_onnxruntime_fp32_is_served(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts, ys = synthetic({"card": 20, "refund": 20, "login": 20}, seed=5)
+    clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=1))
+    holdout, _ = synthetic({"card": 5, "refund": 5, "login": 5}, seed=6)
+    verify_optimized(clf, holdout, min_agreement=0.0)
+    clf.save(tmp_path / "m", metadata={})
+    monkeypatch.setattr(classifiers, "onnxruntime_available", lambda: False)
+    assert load_classifier(tmp_path / "m", device="cpu", optimize=True).precision == "fp32"  # type: ignore[union-attr]
+    fresh = load_classifier(tmp_path / "m", device="cpu")
+    assert fresh.optimized() is fresh  # type: ignore[union-attr]
+    assert verify_optimized(fresh, holdout) == (1.0, False)
 
 
 # ------------------------------------------------------------------------------------- real base, real text
