@@ -236,3 +236,42 @@ def test_drift_embeds_text_through_the_embedding_cache(client: FlaskClient, worl
     assert row["drift"]["status"] in ("none", "detected")
     assert set(row["drift"]["columns"]) == {"predicted_label", "confidence", "text_length", "text"}
     assert 0.0 <= row["drift"]["columns"]["text"]["score"] <= 1.0
+
+
+def test_drift_frames_split_the_windows_in_id_order_and_keep_to_the_tenant(
+    client: FlaskClient, world: World, settings: Settings
+) -> None:
+    from flywheel.models.monitoring import Sla
+    from flywheel.monitoring.frames import load_drift_inputs
+
+    put_sla(client, world)
+    put_sla(client, world, tenant="globex")
+    # Each window's rows come in id order, which is not their time order here ("c" is older than "b").
+    add_predictions(world.db, "acme", [("a", None, 0.91)] * 3, prefix="cur", text_length=5)
+    add_predictions(world.db, "acme", [("b", None, 0.52)], prefix="rb", at=NOW - timedelta(days=7, hours=1),
+                    text_length=20)  # fmt: skip
+    add_predictions(world.db, "acme", [("c", None, 0.53)], prefix="rc", at=NOW - timedelta(days=7, hours=2),
+                    text_length=20)  # fmt: skip
+    add_predictions(world.db, "acme", [("z", None, 0.1)], prefix="old", at=NOW - timedelta(days=15))
+    add_predictions(world.db, "acme", [("z", None, 0.1)], prefix="later", at=NOW + timedelta(hours=1))
+    add_predictions(world.db, "globex", [("g", None, 0.7)] * 4, prefix="gx")
+    with world.db.session() as session:
+        sla = session.scalars(select(Sla).order_by(Sla.id)).first()
+        assert sla is not None
+        inputs = load_drift_inputs(session, sla, fast(settings, drift_min_rows=1), now=NOW)
+    assert inputs.reference_kind == "window"
+    assert inputs.reference.predicted_label.tolist() == ["b", "c"]
+    assert inputs.reference.confidence.tolist() == [0.52, 0.53]
+    assert inputs.current.predicted_label.tolist() == ["a"] * 3
+    assert inputs.reference.text_length.tolist() == [len("text rb-0 ") + 20] * 2
+    assert inputs.current.text_length.tolist() == [len("text cur-0 ") + 5] * 3
+    assert list(inputs.current.columns) == ["predicted_label", "confidence", "text_length"]
+    assert inputs.current.dtypes.tolist() == [object, float, float]
+    # Sampling is seeded and keeps id order.
+    with world.db.session() as session:
+        sla = session.get(Sla, sla.id)
+        assert sla is not None
+        capped = load_drift_inputs(session, sla, fast(settings, drift_min_rows=1, drift_sample_cap=2), now=NOW)
+        again = load_drift_inputs(session, sla, fast(settings, drift_min_rows=1, drift_sample_cap=2), now=NOW)
+    assert len(capped.current) == 2 and capped.current.equals(again.current)
+    assert capped.reference.predicted_label.tolist() == ["b", "c"]

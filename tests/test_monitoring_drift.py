@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import re
 from typing import Any
 
 import numpy as np
@@ -84,6 +87,42 @@ def test_tabular_only_drift_without_embeddings() -> None:
     result = drift.run_drift(ref, moved)
     assert result.status == "detected"
     assert set(result.columns) == {"predicted_label", "confidence", "text_length"}
+
+
+@pytest.mark.parametrize("embeddings", [False, True], ids=["tabular", "embeddings"])
+def test_stored_snapshot_is_evidentlys_json_and_old_and_new_reports_render(embeddings: bool) -> None:
+    """``dump_snapshot`` writes the very text of Evidently's ``Snapshot.dumps()`` (only faster), so reports stored
+    before it (gzip level 6 of ``Snapshot.dumps()``), after it (level 4) and plain JSON all render the same."""
+    from evidently.core.report import Snapshot
+
+    rng = np.random.default_rng(7)
+
+    def frame(n: int, shift: float) -> pd.DataFrame:
+        emb = rng.normal(shift, 1.0, (n, 8)) if embeddings else None
+        return drift.build_frame(rng.choice(["a", "b", "c"], n), rng.beta(8, 2, n), rng.integers(20, 80, n), emb)
+
+    ref, cur = frame(120, 0.0), frame(120, 0.5)
+    report = drift.build_report(with_embeddings=embeddings)
+    snapshot = report.run(*drift.datasets(ref, cur))
+    fast = json.dumps(snapshot.to_snapshot_model(), cls=drift._snapshot_encoder())  # the path, not its fallback
+    assert fast == snapshot.dumps()
+    assert drift.dump_snapshot(snapshot) == fast
+    # A model with its own dict() (here: None fields left out) is encoded through it, not through its fields.
+    from evidently.legacy.tests.base_test import TestValueCondition
+
+    assert json.dumps([TestValueCondition(gt=1)], cls=drift._snapshot_encoder()) == '[{"gt": 1}]'
+    result = drift.run_drift(ref, cur)
+    assert result.snapshot is not None
+    assert Snapshot.loads(result.snapshot).dict()["tests"]  # loads back with its tests
+
+    def page(html: str) -> str:  # each rendering names its wrapper widget and script variable afresh
+        return re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", "<id>", html)
+
+    expected = page(snapshot.get_html_str(as_iframe=False))
+    assert "predicted_label" in expected and "text_length" in expected
+    old = gzip.compress(snapshot.dumps().encode("utf-8"), compresslevel=6)
+    for stored in (old, drift.compress_snapshot(fast), fast):
+        assert page(drift.render_html(stored)) == expected
 
 
 def _split(rows: pd.DataFrame, vec: Any, clf: Any) -> tuple[np.ndarray, np.ndarray]:
