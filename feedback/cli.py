@@ -51,6 +51,11 @@ def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top
         f"  labeled (outside the holdout): {result.n_labeled}   label issues: {result.n_issues} "
         f"({s['issue_rate']:.1%})   unlabeled scored: {result.n_unlabeled}"
     )
+    if "n_excluded_issues" in s:
+        click.echo(
+            f"  left out of training: {s['n_excluded_issues']} of the {result.n_issues} issues "
+            f"({s['labels_per_class']:.0f} labels per class; the rest stay in training until reviewed)"
+        )
     click.echo(f"  out-of-sample sources: {s['oos_sources']}   cleanlab: {s['cleanlab_method']}")
     cons = s["consensus"]
     click.echo(

@@ -8,7 +8,9 @@ Stages (each reported through ``progress(fraction, message)`` and on the run's s
 3. out-of-sample probabilities (K-fold CV on the embeddings, averaged with logged probabilities of our own served
    models where those never trained on the example) and the effective-label consensus: CROWDLAB once enough
    predictions carry labels from two or more sources, the documented precedence rule before that;
-4. cleanlab's label issues on the consensus labels, source reliability, ActiveLab scores for unlabeled predictions;
+4. cleanlab's label issues on the consensus labels (all go to review; training leaves out the share the evidence
+   supports, ``flywheel.feedback.pipeline.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
+   predictions;
 5. one transaction replaces the (tenant, task)'s results, records source stats, re-derives effective labels and
    closes the run row.
 
@@ -266,6 +268,7 @@ def _run(
     from flywheel.feedback import cleanlab_adapter
     from flywheel.feedback.embeddings import get_embeddings
     from flywheel.feedback.oos import OOSConfig, OOSProbabilities, fit_predict_unlabeled, out_of_sample_probabilities
+    from flywheel.feedback.pipeline import exclusion_mask, trusted_share
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -335,13 +338,17 @@ def _run(
 
     # 4. label issues on the consensus labels
     t = time.perf_counter()
-    pooled = cleanlab_adapter.find_label_issues(
-        labels=np.concatenate([given, pool_y]) if n_pool else given, pred_probs=pooled_probs
-    )
+    pooled_given = np.concatenate([given, pool_y]) if n_pool else given
+    pooled = cleanlab_adapter.find_label_issues(labels=pooled_given, pred_probs=pooled_probs)
     issues = cleanlab_adapter.LabelIssues(pooled.is_issue[:n], pooled.quality[:n], pooled.suggested[:n], pooled.method)
+    # Every flagged label goes to review; training leaves out only the share the evidence supports (few labels per
+    # class: a weak out-of-sample model, whose flags include many hard but correct labels; see exclusion_mask).
+    share = trusted_share(pooled_given)
+    drop = exclusion_mask(pooled, pooled_given)[:n]
     timings["cleanlab"] = time.perf_counter() - t
     reviewed = np.array([any(v.source == "reviewer" for v in it.votes) for it in items])
     is_issue = issues.is_issue & ~reviewed  # a reviewer's decision is final
+    drop &= is_issue
 
     sources = _source_reliability(items, given, issues.suggested, is_issue, labels, consensus, settings)
     excluded_sources = {key for key, s in sources.items() if s["excluded"]}
@@ -381,7 +388,7 @@ def _run(
                 "consensus_method": method,
                 "consensus_votes": len(it.votes),
                 "active_score": None if active is None else float(active[0][i]),
-                "exclude_reason": "label_issue" if is_issue[i] else ("excluded_source" if only_excluded else None),
+                "exclude_reason": "label_issue" if drop[i] else ("excluded_source" if only_excluded else None),
             }
         )
     if active is not None:
@@ -413,6 +420,10 @@ def _run(
         "n_labeled": n,
         "n_issues": int(is_issue.sum()),
         "issue_rate": float(is_issue.mean()),
+        "n_excluded_issues": int(drop.sum()),
+        "labels_per_class": round(len(pooled_given) / len(np.unique(pooled_given)), 2),
+        "excluded_share_of_issues": round(share, 4),
+        "n_scored_with_pool": len(pooled_given),
         "n_classes_seen": len(np.unique(y)),
         "n_unlabeled_scored": len(data.unlabeled),
         "cleanlab_method": issues.method,

@@ -60,6 +60,25 @@ def flagged_client_ids(session: Session, task: str, tenant_id: int | None = None
     return {cid for (cid,) in session.execute(stmt)}
 
 
+def excluded_client_ids(session: Session, task: str, tenant_id: int | None = None) -> set[str]:
+    """Client ids of the predictions the latest passes leave out of training (label issues strong enough to drop,
+    labels only unreliable sources gave), current ones only, for a task, every tenant or one."""
+    stmt = (
+        select(Prediction.client_id)
+        .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
+        .join(Task, Task.id == Prediction.task_id)
+        .where(
+            Task.name == task,
+            LabelQualityResult.kind == "labeled",
+            LabelQualityResult.exclude_reason.is_not(None),
+            LabelQualityResult.given_label == Prediction.effective_label,
+        )
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(Prediction.tenant_id == tenant_id)
+    return {cid for (cid,) in session.execute(stmt)}
+
+
 def latest_run(session: Session, tenant_id: int, task_id: int, *, finished: bool = False) -> LabelQualityRun | None:
     stmt = select(LabelQualityRun).where(LabelQualityRun.tenant_id == tenant_id, LabelQualityRun.task_id == task_id)
     if finished:

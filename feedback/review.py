@@ -96,6 +96,8 @@ def _label_issues(session: Session, tenant_id: int, task_id: int, limit: int) ->
     for p, r in rows:
         if r.is_issue:
             reason = f"likely label error: the model says '{r.suggested_label}' (label quality {r.quality:.3f})"
+            # the pass leaves a flagged label out of training only where the evidence is strong enough
+            reason += "; left out of training" if r.exclude_reason == "label_issue" else "; still trains until reviewed"
         else:
             reason = f"low label quality ({r.quality:.3f}), not flagged"
         out.append(

@@ -341,7 +341,7 @@ def _replay(
             last_run = max([last_run, *(r.id for r in runs)])
             champion = _shared_champion(session, task.id)
             accuracy = _accuracy(champion, plan)
-            issues = _label_issue_scores(session, plan) if arm == "cleaned" else (None, None)
+            issues = _label_issue_scores(session, plan) if arm == "cleaned" else {}
         slas = api.call("GET", "/v1/slas", api.admin)["items"]
         alerts = api.call("GET", "/v1/alerts", api.admin)["items"]
         shifted = tenants[0]
@@ -358,8 +358,12 @@ def _replay(
             "feedback_stored": stored_feedback,
             "labeled": labeled,
             "gate": gate_log,
-            "label_issue_precision": issues[0],
-            "label_issue_recall": issues[1],
+            "label_issue_precision": issues.get("label_issue_precision"),
+            "label_issue_recall": issues.get("label_issue_recall"),
+            "excluded_precision": issues.get("excluded_precision"),
+            "excluded_recall": issues.get("excluded_recall"),
+            "n_flagged": issues.get("n_flagged"),
+            "n_excluded": issues.get("n_excluded"),
             "sla_status": {s["tenant"]: s["status"] for s in slas},
             "sla_value": {s["tenant"]: s["value"] for s in slas},
             "drift": {s["tenant"]: (s.get("drift") or {}).get("status", "unknown") for s in slas},
@@ -426,18 +430,31 @@ def _accuracy(model: Any, plan: Plan) -> float:
     return _MODEL_CACHE[key]
 
 
-def _label_issue_scores(session: Any, plan: Plan) -> tuple[float | None, float | None]:
-    """Precision and recall of the flagged label issues against the injected wrong labels (among labeled items)."""
-    from flywheel.feedback.labels import flagged_client_ids
+def _precision_recall(chosen: set[str], wrong: set[str]) -> tuple[float | None, float | None]:
+    if not chosen and not wrong:
+        return None, None
+    tp = len(chosen & wrong)
+    return (tp / len(chosen) if chosen else None), (tp / len(wrong) if wrong else None)
+
+
+def _label_issue_scores(session: Any, plan: Plan) -> dict[str, Any]:
+    """Against the injected wrong labels: precision and recall of the flagged label issues (what goes to review)
+    and of the labels left out of training (flagged ones the evidence supports, and unreliable sources' labels)."""
+    from flywheel.feedback.labels import excluded_client_ids, flagged_client_ids
 
     flagged = flagged_client_ids(session, TASK)
+    excluded = excluded_client_ids(session, TASK)
     wrong = plan.wrong_ids
-    if not flagged and not wrong:
-        return None, None
-    tp = len(flagged & wrong)
-    precision = tp / len(flagged) if flagged else None
-    recall = tp / len(wrong) if wrong else None
-    return precision, recall
+    p, r = _precision_recall(flagged, wrong)
+    ep, er = _precision_recall(excluded, wrong)
+    return {
+        "label_issue_precision": p,
+        "label_issue_recall": r,
+        "excluded_precision": ep,
+        "excluded_recall": er,
+        "n_flagged": len(flagged),
+        "n_excluded": len(excluded),
+    }
 
 
 # --- the whole run ------------------------------------------------------------------------------------------------
@@ -458,6 +475,10 @@ def simulate(cfg: SimConfig, progress: Progress | None = None) -> dict[str, Any]
             "accuracy_true_labels": per_arm["true_labels"][d]["accuracy"] if "true_labels" in per_arm else None,
             "label_issue_precision": cleaned["label_issue_precision"],
             "label_issue_recall": cleaned["label_issue_recall"],
+            "excluded_precision": cleaned.get("excluded_precision"),
+            "excluded_recall": cleaned.get("excluded_recall"),
+            "n_flagged": cleaned.get("n_flagged"),
+            "n_excluded": cleaned.get("n_excluded"),
             "drift_flagged": cleaned["drift_flagged"],
             "sla_status": cleaned["sla_status"],
             "sla_value": cleaned["sla_value"],
@@ -489,17 +510,22 @@ def results_table(results: dict[str, Any]) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.1f}"
 
+    def count(x: int | None) -> str:
+        return "–" if x is None else str(x)
+
     lines = [
-        "| day | accuracy cleaned | uncleaned | true labels | issue precision | issue recall | drift flagged "
-        "| SLA status by tenant | promoted (cleaned) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| day | accuracy cleaned | uncleaned | true labels | flagged | issue precision | issue recall "
+        "| left out of training | its precision | its recall | drift flagged | SLA status by tenant "
+        "| promoted (cleaned) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for d in results["days"]:
         status = ", ".join(f"{t}: {s}" for t, s in sorted(d["sla_status"].items()))
         lines.append(
             f"| {d['day']} | {pct(d['accuracy_cleaned'])} | {pct(d['accuracy_uncleaned'])} "
-            f"| {pct(d['accuracy_true_labels'])} | {pct(d['label_issue_precision'])} "
-            f"| {pct(d['label_issue_recall'])} | {'yes' if d['drift_flagged'] else 'no'} | {status} "
+            f"| {pct(d['accuracy_true_labels'])} | {count(d.get('n_flagged'))} | {pct(d['label_issue_precision'])} "
+            f"| {pct(d['label_issue_recall'])} | {count(d.get('n_excluded'))} | {pct(d.get('excluded_precision'))} "
+            f"| {pct(d.get('excluded_recall'))} | {'yes' if d['drift_flagged'] else 'no'} | {status} "
             f"| {'yes' if d['promotions'].get('cleaned') else ''} |"
         )
     return "\n".join(lines) + "\n"

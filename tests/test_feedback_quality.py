@@ -13,7 +13,7 @@ import pytest
 from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
 from flywheel.feedback.oos import SOURCE_CV, SOURCE_CV_PRODUCTION, OOSConfig, out_of_sample_probabilities
-from flywheel.feedback.pipeline import check_labels
+from flywheel.feedback.pipeline import FULL_TRUST_PER_CLASS, check_labels, exclusion_mask, trusted_share
 
 from support import shared_data
 
@@ -79,6 +79,43 @@ def test_banking77_flipped_labels_are_found(banking) -> None:
     in_sample = cleanlab_adapter.find_label_issues(labels=noisy, pred_probs=_in_sample_probs(x, noisy, k))
     p_in, r_in, _ = precision_recall_f1(in_sample.is_issue, flipped)
     assert min(p_in, r_in) < 0.8, (p_in, r_in)
+
+
+def test_few_labels_per_class_leave_out_only_the_strongest_flags(encoder) -> None:
+    # 12 intents x 8 labels: a weak out-of-sample model whose flags include hard but correct labels. Everything
+    # stays flagged (for review); training leaves out only the lowest-quality share, with fewer correct ones.
+    texts, y, names = _slice("banking77", classes=12, per_class=8, rows=None)
+    x, k = encoder.embed(texts), len(names)
+    noisy, flipped = flip_labels(y, k, rate=0.2, seed=0)
+    check = check_labels(x, noisy, k)
+    flagged, excluded = check.issues.is_issue, check.exclude
+    assert trusted_share(noisy) == pytest.approx(8 / FULL_TRUST_PER_CLASS)
+    assert not (excluded & ~flagged).any()
+    assert 0 < excluded.sum() <= round(flagged.sum() * 8 / FULL_TRUST_PER_CLASS)
+    assert check.issues.quality[excluded].max() <= check.issues.quality[flagged & ~excluded].min()
+    assert precision_recall_f1(excluded, flipped)[0] >= precision_recall_f1(flagged, flipped)[0]
+    assert (excluded & ~flipped).sum() < (flagged & ~flipped).sum()
+
+
+def test_enough_labels_per_class_leave_out_every_flag(banking) -> None:
+    x, y, names = banking  # 40 labels per class: cleanlab's count is trusted in full
+    noisy, _ = flip_labels(y, len(names), rate=0.2, seed=0)
+    check = check_labels(x, noisy, len(names))
+    assert trusted_share(noisy) == 1.0
+    assert (check.exclude == check.issues.is_issue).all()
+    lopsided = cleanlab_adapter.LabelIssues(
+        np.array([True, True, False, True]), np.array([0.3, 0.1, 0.9, 0.2]), np.zeros(4, int), "test"
+    )
+    given = np.array([0, 1, 0, 1])
+    # 2 labels per class, full trust at 6: a third of the 3 flags is left out, the lowest-quality one
+    assert exclusion_mask(lopsided, given, full_trust_per_class=6, min_class_labels=1).tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    # ... unless its class has fewer labels than min_class_labels
+    assert not exclusion_mask(lopsided, given, full_trust_per_class=6, min_class_labels=3).any()
 
 
 def test_banking77_confusable_flips_are_found_well_above_chance(banking) -> None:

@@ -90,9 +90,15 @@ def test_results_folder_has_the_table_and_the_charts(results: dict) -> None:
         "accuracy_true_labels",
         "label_issue_precision",
         "label_issue_recall",
+        "excluded_precision",
+        "excluded_recall",
+        "n_flagged",
+        "n_excluded",
         "drift_flagged",
     ):
         assert key in saved["days"][0]
+    last = saved["days"][-1]
+    assert last["n_flagged"] > 0 and last["n_excluded"] is not None
     assert saved["days"][-1]["accuracy_cleaned"] > 0.5  # six intents: chance is 1/6
     assert (out / "accuracy.png").stat().st_size > 10_000 and (out / "sla_status.png").stat().st_size > 5_000
     assert "| day |" in (out / "results.md").read_text()
