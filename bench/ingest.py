@@ -64,7 +64,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fresh_database(url: str, tmp: Path) -> str:
+def fresh_database(url: str, tmp: Path, synchronous_commit: str = "on") -> str:
     """A new, empty database for one arm of the benchmark."""
     if url.startswith("sqlite"):
         return f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.db'}"
@@ -72,6 +72,7 @@ def fresh_database(url: str, tmp: Path) -> str:
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = {synchronous_commit}'))
     admin.dispose()
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
@@ -243,6 +244,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="the arms take turns; the best round of each counts")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="PostgreSQL: 'off' shows the server's own cost without the WAL flush that every commit waits for",
+    )
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is missing: the benchmark needs ../shared/data")
@@ -252,13 +259,13 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"raw": [], "batched": [], "single": [], "noop": []}
     for _ in range(args.rounds):  # raw SQL baseline, each round on a new database
-        raw_url = fresh_database(base, tmp)
+        raw_url = fresh_database(base, tmp, args.synchronous_commit)
         prepare(raw_url, labels)
         results["raw"].append(args.rows / raw_insert(raw_url, items))
         drop_database(base, raw_url)
 
     # HTTP arms on one server, the arms taking turns in each round
-    url = fresh_database(base, tmp)
+    url = fresh_database(base, tmp, args.synchronous_commit)
     key = prepare(url, labels)
     server = Server(url, args.workers, args.threads)
     try:
@@ -281,7 +288,9 @@ def main() -> None:
         drop_database(base, url)
 
     best = {arm: max(values) for arm, values in results.items()}
-    backend = "PostgreSQL (COPY)" if base != "sqlite" else "SQLite (executemany)"
+    backend = "SQLite (executemany)"
+    if base != "sqlite":
+        backend = f"PostgreSQL (COPY), synchronous_commit={args.synchronous_commit}"
     print(
         f"\nbackend: {backend}; gunicorn gthread workers={args.workers} threads={args.threads}; best of {args.rounds}"
     )

@@ -54,7 +54,7 @@ def validation_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) 
 def check_body_size(raw: bytes) -> None:
     if len(raw) > current_app.config["FLYWHEEL_MAX_BODY_BYTES"]:
         raise PayloadTooLarge(f"the request body exceeds {current_app.config['FLYWHEEL_MAX_BODY_BYTES']} bytes")
-    if not raw.strip():
+    if not raw or raw.isspace():  # (no copy of a large body, as strip() would make)
         raise BadRequest("the request body is empty; send a JSON document")
 
 
