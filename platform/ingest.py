@@ -77,14 +77,15 @@ def _to_db(table: Table, rows: list[dict[str, Any]], dialect: str) -> list[dict[
         for name in json_cols:
             if row[name] is not None:
                 row[name] = to_json(row[name]).decode()  # pydantic's encoder: 5x json.dumps on these small dicts
-        for name in time_cols:  # SQLAlchemy's SQLite storage format: naive UTC
+        for name in time_cols:  # SQLAlchemy's SQLite storage format: naive UTC, "%Y-%m-%d %H:%M:%S.%f"
             value = row[name]
             if value not in stamps:
-                stamps[value] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                stamps[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
             row[name] = stamps[value]
     return rows
 
 
+@functools.cache
 def _columns(table: Table) -> list[str]:
     return [c.name for c in table.columns if c.name != "id"]
 
