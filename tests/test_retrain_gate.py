@@ -68,6 +68,11 @@ def test_falling_below_a_tenant_sla_refuses() -> None:
     assert "below its SLA threshold" in d.reasons[0]
     # Below the SLA but better than the champion: promoting helps that tenant.
     assert decide(ev(0.90, acme=(0.88, 100)), ev(0.85, acme=(0.80, 100)), slas={"acme": [("accuracy", 0.9)]}).promote
+    # The champion already breaches: a dip within the tenant tolerance is noise, not a new breach ...
+    assert decide(ev(0.90, acme=(0.87, 100)), ev(0.85, acme=(0.88, 100)), slas={"acme": [("accuracy", 0.9)]}).promote
+    # ... and a dip beyond it is refused as a regression.
+    deeper = decide(ev(0.90, acme=(0.84, 100)), ev(0.85, acme=(0.88, 100)), slas={"acme": [("accuracy", 0.9)]})
+    assert not deeper.promote and "regresses" in deeper.reasons[0]
 
 
 def test_unclean_runs_empty_holdouts_and_no_champion() -> None:
