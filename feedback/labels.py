@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
-from flywheel.models.core import Prediction, Task
+from flywheel.models.core import Feedback, Prediction, Task
 from flywheel.models.labels import LabelQualityResult, LabelQualityRun, LabelSourceStat
+
+
+def reviewed() -> ColumnElement[bool]:
+    """The prediction has a reviewer's decision: a person looked, which overrides the automatic verdicts."""
+    return exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "reviewer")
 
 
 def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
     """Prediction ids training must leave out: label issues of the latest pass, labels only unreliable sources
-    gave, and discarded ones. Never a holdout prediction: the pass does not score the holdout."""
+    gave (unless a reviewer has since decided on the label: a "keep" counts at once), and discarded ones. Never a
+    holdout prediction: the pass does not score the holdout."""
     rows = session.execute(
         select(LabelQualityResult.prediction_id)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
@@ -27,6 +33,7 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
             LabelQualityResult.kind == "labeled",
             LabelQualityResult.exclude_reason.is_not(None),
             LabelQualityResult.given_label == Prediction.effective_label,
+            ~reviewed(),
         )
     )
     out = {pid for (pid,) in rows}
@@ -72,6 +79,7 @@ def excluded_client_ids(session: Session, task: str, tenant_id: int | None = Non
             LabelQualityResult.kind == "labeled",
             LabelQualityResult.exclude_reason.is_not(None),
             LabelQualityResult.given_label == Prediction.effective_label,
+            ~reviewed(),
         )
     )
     if tenant_id is not None:

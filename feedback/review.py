@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flywheel.errors import Unprocessable
+from flywheel.feedback.labels import reviewed
 from flywheel.models.core import Feedback, Prediction, Task
 from flywheel.models.labels import LabelQualityResult
 
@@ -61,10 +62,6 @@ def _feedback_of(session: Session, ids: list[int]) -> dict[int, list[dict[str, A
     return out
 
 
-def _reviewed() -> Any:
-    return exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "reviewer")
-
-
 def review_queue(session: Session, *, tenant_id: int, task_id: int, kind: str, limit: int) -> list[ReviewEntry]:
     """The ``limit`` items most worth a person's time, best first (see the module docstring)."""
     if kind not in KINDS:
@@ -84,7 +81,7 @@ def _label_issues(session: Session, tenant_id: int, task_id: int, limit: int) ->
             LabelQualityResult.kind == "labeled",
             LabelQualityResult.given_label == Prediction.effective_label,
             Prediction.label_discarded.is_(False),
-            ~_reviewed(),
+            ~reviewed(),
         )
         .order_by(LabelQualityResult.is_issue.desc(), LabelQualityResult.quality.asc(), Prediction.id)
         .limit(limit)
@@ -130,7 +127,7 @@ def _disagreements(session: Session, tenant_id: int, task_id: int, limit: int) -
                 Prediction.effective_label.is_not(None),
                 Prediction.effective_label != Prediction.label,
                 Prediction.label_discarded.is_(False),
-                ~_reviewed(),
+                ~reviewed(),
             )
             .order_by(Prediction.confidence.desc(), Prediction.id)
             .limit(limit)

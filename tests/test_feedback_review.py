@@ -294,8 +294,14 @@ def test_review_queue_and_decisions_over_http(world: World, plan: Plan, settings
     second, third = items[1]["prediction_id"], items[2]["prediction_id"]
     r = client.post(f"/v1/review/{second}", headers=rw, json={"decision": "discard"})
     assert r.status_code == 201 and r.json["label_discarded"] is True and r.json["effective_label"] is None
+    kept, discarded = _pid(db, third).id, _pid(db, second).id
+    with db.session() as session:
+        assert kept in excluded_prediction_ids(session, tenant_id, task_id)
     r = client.post(f"/v1/review/{third}", headers=rw, json={"decision": "keep"})
     assert r.status_code == 201 and r.json["effective_label"] == items[2]["effective_label"]
+    with db.session() as session:  # a person kept it: it trains again at once, not after the next pass
+        excluded = excluded_prediction_ids(session, tenant_id, task_id)
+    assert kept not in excluded and discarded in excluded
     with db.session() as session:
         reviewer_rows = session.scalars(select(Feedback).where(Feedback.source == "reviewer")).all()
         assert sorted(f.decision for f in reviewer_rows) == ["discard", "keep", "relabel"]
