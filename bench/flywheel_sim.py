@@ -1,10 +1,13 @@
 """The full-size flywheel simulation on banking77 (the README's table and charts come from this run).
 
     .venv/bin/python bench/flywheel_sim.py [--out sim-out/banking77] [--days 7] [--daily 500] [--noise 0.2]
+        [--review-budget 100]
 
 It is `flywheel simulate` with the dataset paths filled in; add `--database-url postgresql+psycopg://…` to run
 the arms on PostgreSQL. Unless --no-shift (or your own --shift CSV) is given, clinc150's travel domain (intents
-banking77 does not have) reaches the first tenant from the shift day on.
+banking77 does not have) reaches the first tenant from the shift day on. With --review-budget N, a reviewer
+decides N labels a day (the true label, through POST /v1/review/{id}) in the cleaned arm (the review queue's first
+items) and in the uncleaned arm (a random spot-check of labeled items).
 """
 
 from __future__ import annotations

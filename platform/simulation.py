@@ -10,6 +10,11 @@ Three arms replay the same traffic from the same seed on three fresh databases:
 - ``uncleaned``: the same noisy feedback, label quality off;
 - ``true_labels``: the same items with their true labels, as the ceiling.
 
+With ``review_budget`` N, a human reviewer decides N labels a day per task in both noisy arms, between the
+label-quality pass and the night's training, through ``POST /v1/review/{id}`` with the true label: in ``cleaned``,
+the first N items of the review queue in the order ``GET /v1/review`` shows them (the tenants' queues taken in
+turn); in ``uncleaned``, which has no queue, N labeled items not yet reviewed, chosen at random (a spot-check).
+
 Each day the shared champion of every arm is scored on the untouched test split.
 """
 
@@ -71,6 +76,7 @@ class SimConfig:
     sla_window_days: int = 1  # each simulated day is judged (and checked for drift) on its own traffic
     sla_min_labeled: int = 30
     arms: tuple[str, ...] = ARMS
+    review_budget: int = 0  # reviewer decisions per simulated day, per task, in the cleaned and uncleaned arms
     settings: dict[str, Any] = field(default_factory=dict)  # Settings overrides (ladder thresholds, base model…)
 
 
@@ -266,7 +272,7 @@ def _replay(
     from flywheel.models.core import Feedback, Prediction, Task
     from flywheel.models.registry import TrainingRun
     from flywheel.monitoring.jobs import run_monitoring
-    from flywheel.retrain.jobs import process_queue
+    from flywheel.retrain.jobs import nightly_retrain, process_queue
     from flywheel.scheduler import nightly_pipeline
 
     tenants = sorted({i.tenant for i in plan.items})
@@ -281,6 +287,7 @@ def _replay(
             "min_labeled": cfg.sla_min_labeled,
         }
         api.call("PUT", f"/v1/slas/{t}/{TASK}", api.admin, sla)
+    reviewer = Reviewer(api, tenants, plan, arm, cfg) if cfg.review_budget > 0 and arm != "true_labels" else None
 
     by_day: dict[int, list[Item]] = defaultdict(list)
     for item in plan.items:
@@ -327,7 +334,16 @@ def _replay(
         # The scheduler's own job functions, on the simulated clock: the hourly monitoring (once, at day's end),
         # then the nightly pipeline (label quality, queue runs) and the training worker's queue.
         run_monitoring(db, settings, now=_sim_now(day))
-        nightly_pipeline(db, settings)
+        if reviewer is None:
+            nightly_pipeline(db, settings)
+        else:
+            # nightly_pipeline's two steps, with the reviewer's day of decisions between them
+            if settings.label_quality_enabled:
+                from flywheel.feedback.jobs import label_quality_pass
+
+                label_quality_pass(db, settings)
+            reviewer.review_day(day)
+            nightly_retrain(db, settings)
         process_queue(db, settings)
 
         with db.session() as session:
@@ -341,7 +357,10 @@ def _replay(
             last_run = max([last_run, *(r.id for r in runs)])
             champion = _shared_champion(session, task.id)
             accuracy = _accuracy(champion, plan)
-            issues = _label_issue_scores(session, plan) if arm == "cleaned" else {}
+            corrected = set(reviewer.reviewed) if reviewer is not None else set()
+            issues = _label_issue_scores(session, plan, corrected) if arm == "cleaned" else {}
+            trained = _trained_accuracy(session, runs, plan)
+            review_check = reviewer.check(session, task.id) if reviewer is not None else {}
         slas = api.call("GET", "/v1/slas", api.admin)["items"]
         alerts = api.call("GET", "/v1/alerts", api.admin)["items"]
         shifted = tenants[0]
@@ -358,12 +377,18 @@ def _replay(
             "feedback_stored": stored_feedback,
             "labeled": labeled,
             "gate": gate_log,
+            "trained_accuracy": trained,
             "label_issue_precision": issues.get("label_issue_precision"),
             "label_issue_recall": issues.get("label_issue_recall"),
             "excluded_precision": issues.get("excluded_precision"),
             "excluded_recall": issues.get("excluded_recall"),
             "n_flagged": issues.get("n_flagged"),
             "n_excluded": issues.get("n_excluded"),
+            "reviews": reviewer.reviews_by_day.get(day, 0) if reviewer else 0,
+            "review_hits": reviewer.hits_by_day.get(day, 0) if reviewer else 0,
+            "reviews_total": len(reviewer.reviewed) if reviewer else 0,
+            "review_hits_total": sum(reviewer.hits_by_day.values()) if reviewer else 0,
+            **review_check,
             "sla_status": {s["tenant"]: s["status"] for s in slas},
             "sla_value": {s["tenant"]: s["value"] for s in slas},
             "drift": {s["tenant"]: (s.get("drift") or {}).get("status", "unknown") for s in slas},
@@ -382,6 +407,88 @@ def _replay(
         if progress is not None:
             progress(f"{arm} day {day}: accuracy {accuracy:.3f} ({champion.rung})")
     return rows
+
+
+class Reviewer:
+    """A person with a daily budget of review decisions, talking HTTP with a reviewer key per tenant.
+
+    Every decision carries the true label: ``keep`` where the label shown is already right, ``relabel`` otherwise.
+    A *hit* is a reviewed item whose label (the effective label when the reviewer saw it) was wrong.
+    """
+
+    def __init__(self, api: Client, tenants: list[str], plan: Plan, arm: str, cfg: SimConfig) -> None:
+        self.api = api
+        self.tenants = tenants
+        self.arm = arm
+        self.budget = cfg.review_budget
+        self.truth = {i.id: i.label for i in plan.items}
+        self.tenant_of = {i.id: i.tenant for i in plan.items}
+        self.arrivals = sorted((f.day, f.item) for f in plan.feedback)
+        self.rng = np.random.default_rng([cfg.seed, 1])
+        self.keys = {
+            t: api.call("POST", "/v1/keys", api.admin, {"tenant": t, "scopes": ["read", "ingest"], "name": "reviewer"})[
+                "key"
+            ]
+            for t in tenants
+        }
+        self.reviewed: dict[str, bool] = {}  # client id -> its label was wrong
+        self.reviews_by_day: Counter[int] = Counter()
+        self.hits_by_day: Counter[int] = Counter()
+
+    def review_day(self, day: int) -> None:
+        picks = self._from_queue() if self.arm == "cleaned" else self._spot_check(day)
+        for item_id, shown in picks:
+            self.decide(day, item_id, shown)
+
+    def _from_queue(self) -> list[tuple[str, str | None]]:
+        """The first ``budget`` items of the review queue as the product shows them, the tenants' queues in turn."""
+        queues = [
+            self.api.call("GET", f"/v1/review?task={TASK}&kind=label_issue&limit={self.budget}", self.keys[t])["items"]
+            for t in self.tenants
+        ]
+        picks: list[tuple[str, str | None]] = []
+        for rank in range(self.budget):
+            for queue in queues:
+                if rank < len(queue) and len(picks) < self.budget:
+                    picks.append((queue[rank]["prediction_id"], queue[rank]["effective_label"]))
+        return picks
+
+    def _spot_check(self, day: int) -> list[tuple[str, str | None]]:
+        """``budget`` items with feedback (arrived by today) not reviewed yet, at random; their label as shown."""
+        pool = sorted({item for d, item in self.arrivals if d <= day} - set(self.reviewed))
+        size = min(self.budget, len(pool))
+        chosen: list[int] = sorted(int(x) for x in self.rng.choice(len(pool), size=size, replace=False)) if pool else []
+        picks: list[tuple[str, str | None]] = []
+        for k in chosen:
+            item_id = pool[k]
+            shown = self.api.call("GET", f"/v1/predictions/{item_id}", self.keys[self.tenant_of[item_id]])
+            picks.append((item_id, shown["effective_label"]))
+        return picks
+
+    def decide(self, day: int, item_id: str, shown: str | None) -> None:
+        truth = self.truth[item_id]
+        body: dict[str, Any] = {"decision": "keep", "reviewer": "sim-reviewer"}
+        if shown != truth:
+            body = {"decision": "relabel", "label": truth, "reviewer": "sim-reviewer"}
+        out = self.api.call("POST", f"/v1/review/{item_id}", self.keys[self.tenant_of[item_id]], body)
+        if out["effective_label"] != truth:
+            raise RuntimeError(f"review of {item_id}: effective label {out['effective_label']!r}, not {truth!r}")
+        self.reviewed[item_id] = shown != truth
+        self.reviews_by_day[day] += 1
+        self.hits_by_day[day] += shown != truth
+
+    def check(self, session: Any, task_id: int) -> dict[str, Any]:
+        """After the night: how many reviewed items' effective labels (in the database) still equal the truth."""
+        from flywheel.models.core import Prediction
+
+        if not self.reviewed:
+            return {"reviewed_effective_true": 0}
+        rows = session.execute(
+            select(Prediction.client_id, Prediction.effective_label).where(
+                Prediction.task_id == task_id, Prediction.client_id.in_(list(self.reviewed))
+            )
+        )
+        return {"reviewed_effective_true": sum(label == self.truth[cid] for cid, label in rows)}
 
 
 def _gate_record(run: Any) -> dict[str, Any]:
@@ -430,6 +537,17 @@ def _accuracy(model: Any, plan: Plan) -> float:
     return _MODEL_CACHE[key]
 
 
+def _trained_accuracy(session: Any, runs: list[Any], plan: Plan) -> float | None:
+    """Tonight's shared model on the test split, whether the gate promoted it or not (None: no model trained)."""
+    from flywheel.models.registry import ModelVersion
+
+    shared = [r for r in runs if r.tenant_id is None and r.model_id is not None]
+    if not shared:
+        return None
+    model = session.get(ModelVersion, shared[-1].model_id)
+    return None if model is None else _accuracy(model, plan)
+
+
 def _precision_recall(chosen: set[str], wrong: set[str]) -> tuple[float | None, float | None]:
     if not chosen and not wrong:
         return None, None
@@ -437,14 +555,15 @@ def _precision_recall(chosen: set[str], wrong: set[str]) -> tuple[float | None, 
     return (tp / len(chosen) if chosen else None), (tp / len(wrong) if wrong else None)
 
 
-def _label_issue_scores(session: Any, plan: Plan) -> dict[str, Any]:
+def _label_issue_scores(session: Any, plan: Plan, corrected: set[str] | None = None) -> dict[str, Any]:
     """Against the injected wrong labels: precision and recall of the flagged label issues (what goes to review)
-    and of the labels left out of training (flagged ones the evidence supports, and unreliable sources' labels)."""
+    and of the labels left out of training (flagged ones the evidence supports, and unreliable sources' labels).
+    ``corrected``: items a reviewer has decided, whose label is no longer the injected one (left out of both)."""
     from flywheel.feedback.labels import excluded_client_ids, flagged_client_ids
 
     flagged = flagged_client_ids(session, TASK)
     excluded = excluded_client_ids(session, TASK)
-    wrong = plan.wrong_ids
+    wrong = plan.wrong_ids - (corrected or set())
     p, r = _precision_recall(flagged, wrong)
     ep, er = _precision_recall(excluded, wrong)
     return {
@@ -483,12 +602,23 @@ def simulate(cfg: SimConfig, progress: Progress | None = None) -> dict[str, Any]
             "sla_status": cleaned["sla_status"],
             "sla_value": cleaned["sla_value"],
             "promotions": {arm: per_arm[arm][d]["promoted"] for arm in per_arm},
+            "trained_accuracy": {arm: per_arm[arm][d].get("trained_accuracy") for arm in per_arm},
             "champion": {arm: per_arm[arm][d]["champion"] for arm in per_arm},
             "rung": {arm: per_arm[arm][d]["rung"] for arm in per_arm},
             "alerts": cleaned["alerts"],
             "served": cleaned["served"],
             "logged": cleaned["logged"],
         }
+        if cfg.review_budget > 0:
+            for arm in ("cleaned", "uncleaned"):
+                if arm in per_arm:
+                    r = per_arm[arm][d]
+                    row[f"reviews_{arm}"] = r["reviews"]
+                    row[f"review_hits_{arm}"] = r["review_hits"]
+                    row[f"review_hit_rate_{arm}"] = r["review_hits"] / r["reviews"] if r["reviews"] else None
+                    row[f"review_hit_rate_{arm}_total"] = (
+                        r["review_hits_total"] / r["reviews_total"] if r["reviews_total"] else None
+                    )
         days.append(row)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     results = {
@@ -519,14 +649,24 @@ def results_table(results: dict[str, Any]) -> str:
         "| promoted (cleaned) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    review = results["config"].get("review_budget", 0) > 0
+    if review:
+        lines[0] += " reviews (cleaned / uncleaned) | wrong labels found (cleaned / uncleaned) |"
+        lines[1] += " --- | --- |"
     for d in results["days"]:
         status = ", ".join(f"{t}: {s}" for t, s in sorted(d["sla_status"].items()))
+        extra = ""
+        if review:
+            extra = (
+                f" {count(d.get('reviews_cleaned'))} / {count(d.get('reviews_uncleaned'))}"
+                f" | {count(d.get('review_hits_cleaned'))} / {count(d.get('review_hits_uncleaned'))} |"
+            )
         lines.append(
             f"| {d['day']} | {pct(d['accuracy_cleaned'])} | {pct(d['accuracy_uncleaned'])} "
             f"| {pct(d['accuracy_true_labels'])} | {count(d.get('n_flagged'))} | {pct(d['label_issue_precision'])} "
             f"| {pct(d['label_issue_recall'])} | {count(d.get('n_excluded'))} | {pct(d.get('excluded_precision'))} "
             f"| {pct(d.get('excluded_recall'))} | {'yes' if d['drift_flagged'] else 'no'} | {status} "
-            f"| {'yes' if d['promotions'].get('cleaned') else ''} |"
+            f"| {'yes' if d['promotions'].get('cleaned') else ''} |{extra}"
         )
     return "\n".join(lines) + "\n"
 
@@ -604,6 +744,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         out["gap_to_true_points"] = 100 * (last["accuracy_true_labels"] - last["accuracy_cleaned"])
     if last["accuracy_cleaned"] is not None and last["accuracy_uncleaned"] is not None:
         out["gain_over_uncleaned_points"] = 100 * (last["accuracy_cleaned"] - last["accuracy_uncleaned"])
+    if results["config"].get("review_budget", 0) > 0:
+        for arm in ("cleaned", "uncleaned"):
+            rows = results["arms"].get(arm)
+            if rows:
+                n, hits = rows[-1]["reviews_total"], rows[-1]["review_hits_total"]
+                out[f"reviews_{arm}"] = n
+                out[f"review_hits_{arm}"] = hits
+                out[f"review_hit_rate_{arm}"] = hits / n if n else None
     return out
 
 
@@ -652,6 +800,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     show_default=True,
     help="Labels before the ladder fine-tunes the encoder (default: never; the few-shot head only).",
 )
+@click.option(
+    "--review-budget",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Reviewer decisions per simulated day and task (true labels): the review queue's first items in the "
+    "cleaned arm, a random spot-check of labeled items in the uncleaned arm.",
+)
 @click.option("--arms", default=",".join(ARMS), show_default=True)
 def simulate_command(**opts: Any) -> None:
     """Replay labeled text as production traffic through a running server, over simulated days."""
@@ -677,6 +833,7 @@ def simulate_command(**opts: Any) -> None:
         seed=opts["seed"],
         test_limit=opts["test_limit"],
         arms=arms,
+        review_budget=opts["review_budget"],
         settings={"fine_tune_min_labels": opts["fine_tune_min_labels"]},
     )
     bar = tqdm(total=cfg.days * len(arms), desc="simulated days", unit="day")

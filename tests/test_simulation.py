@@ -12,6 +12,7 @@ from flywheel.simulation import SimConfig, simulate, summarize
 
 from support import shared_data
 
+REVIEW_BUDGET = 8
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "lost_or_stolen_card", "pin_blocked", "top_up_failed"]
 
 
@@ -45,6 +46,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         feedback_rate=0.7,
         noise=0.2,
         arms=("cleaned", "uncleaned"),
+        review_budget=REVIEW_BUDGET,
         settings={"fine_tune_min_labels": 10**9, "few_shot_min_per_class": 2},
     )
     return simulate(cfg)
@@ -54,7 +56,8 @@ def test_every_served_prediction_is_logged_and_feedback_joins(results: dict) -> 
     for arm, rows in results["arms"].items():
         for row in rows:
             assert row["logged"] == row["served"], arm
-            assert row["feedback_stored"] == row["feedback_sent"], arm
+            # the users' feedback and the reviewer's decisions (stored as feedback with source "reviewer")
+            assert row["feedback_stored"] == row["feedback_sent"] + row["reviews_total"], arm
             assert row["labeled"] > 0 or row["day"] == 0
         assert rows[-1]["served"] == 3 * 80
 
@@ -71,6 +74,23 @@ def test_the_gate_never_promotes_a_worse_model(results: dict) -> None:
                     assert run["decision"] != "promoted"
     days = results["days"]
     assert any(d["promotions"]["cleaned"] for d in days), "the loop never replaced the zero-shot model"
+
+
+def test_reviewers_set_the_true_label_and_the_queue_finds_more_wrong_labels_than_a_spot_check(results: dict) -> None:
+    totals = {}
+    for arm in ("cleaned", "uncleaned"):
+        rows = results["arms"][arm]
+        for row in rows:
+            assert 0 < row["reviews"] <= REVIEW_BUDGET, (arm, row["day"])
+            # every reviewed item's effective label is the true one, after the night's pass and training too
+            assert row["reviewed_effective_true"] == row["reviews_total"], (arm, row["day"])
+        assert rows[-1]["reviews_total"] == sum(r["reviews"] for r in rows)
+        totals[arm] = (rows[-1]["review_hits_total"], rows[-1]["reviews_total"])
+    assert results["config"]["review_budget"] == REVIEW_BUDGET
+    summary = summarize(results)
+    assert summary["review_hit_rate_cleaned"] == totals["cleaned"][0] / totals["cleaned"][1]
+    # the queue puts likely label errors first; a random spot-check finds them at about the noise rate (0.2)
+    assert summary["review_hit_rate_cleaned"] > summary["review_hit_rate_uncleaned"], totals
 
 
 def test_the_shifted_tenant_is_flagged_for_drift_on_the_day_the_shift_starts(results: dict) -> None:
@@ -95,6 +115,8 @@ def test_results_folder_has_the_table_and_the_charts(results: dict) -> None:
         "n_flagged",
         "n_excluded",
         "drift_flagged",
+        "reviews_cleaned",
+        "review_hit_rate_uncleaned",
     ):
         assert key in saved["days"][0]
     last = saved["days"][-1]
