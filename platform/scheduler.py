@@ -14,6 +14,7 @@ APScheduler keeps its job definitions in the application database (``SQLAlchemyJ
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -372,6 +373,22 @@ class SchedulerService:
             log.exception("training worker failed")
         finally:
             self._training.release()
+
+
+def freeze_loaded_libraries() -> None:
+    """The scheduler process lives for days and runs the same jobs: load their libraries up front (Evidently's
+    report, torch, transformers) and move everything loaded out of the garbage collector's reach (``gc.freeze``, as
+    the web server does after preloading its app). Otherwise full collections walk those libraries' objects again
+    and again during a monitoring pass (bench/monitor.py on PostgreSQL: the whole drift pass took 1.27-1.35x the
+    bare Evidently calls before, 1.20x after)."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from flywheel.monitoring.drift import build_report
+
+    build_report(with_embeddings=True)  # imports what Evidently loads lazily
+    gc.collect()
+    gc.freeze()
 
 
 def start_scheduler_process(settings: Settings) -> subprocess.Popen[bytes]:

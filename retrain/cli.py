@@ -85,7 +85,7 @@ def retrain(ctx: Context, task_name: str, tenant_slug: str | None, no_progress: 
 def scheduler(ctx: Context) -> None:
     """The scheduler process: nightly retraining, hourly monitoring, queued training runs. One is active; a
     second waits on the database lease and takes over if the first dies."""
-    from flywheel.scheduler import SchedulerService
+    from flywheel.scheduler import SchedulerService, freeze_loaded_libraries
 
     logging.getLogger("flywheel").setLevel(logging.INFO)
     click.echo(
@@ -96,4 +96,5 @@ def scheduler(ctx: Context) -> None:
         service = SchedulerService(ctx.db, ctx.settings)
     except ValueError as exc:
         raise click.ClickException(f"invalid schedule: {exc}") from None
+    freeze_loaded_libraries()
     service.run_forever()
