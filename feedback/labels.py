@@ -52,35 +52,31 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
 
 def flagged_client_ids(session: Session, task: str, tenant_id: int | None = None) -> set[str]:
     """Client ids of the predictions flagged as label issues (current ones only) for a task, every tenant or one."""
-    stmt = (
-        select(Prediction.client_id)
-        .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
-        .join(Task, Task.id == Prediction.task_id)
-        .where(
-            Task.name == task,
-            LabelQualityResult.is_issue.is_(True),
-            LabelQualityResult.given_label == Prediction.effective_label,
-        )
-    )
-    if tenant_id is not None:
-        stmt = stmt.where(Prediction.tenant_id == tenant_id)
-    return {cid for (cid,) in session.execute(stmt)}
+    return _current_client_ids(session, task, tenant_id, LabelQualityResult.is_issue.is_(True))
 
 
 def excluded_client_ids(session: Session, task: str, tenant_id: int | None = None) -> set[str]:
     """Client ids of the predictions the latest passes leave out of training (label issues strong enough to drop,
     labels only unreliable sources gave), current ones only, for a task, every tenant or one."""
+    return _current_client_ids(
+        session,
+        task,
+        tenant_id,
+        LabelQualityResult.kind == "labeled",
+        LabelQualityResult.exclude_reason.is_not(None),
+        ~reviewed(),
+    )
+
+
+def _current_client_ids(
+    session: Session, task: str, tenant_id: int | None, *conditions: ColumnElement[bool]
+) -> set[str]:
+    """Client ids whose current result (scored label still the effective one) meets ``conditions``."""
     stmt = (
         select(Prediction.client_id)
         .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
         .join(Task, Task.id == Prediction.task_id)
-        .where(
-            Task.name == task,
-            LabelQualityResult.kind == "labeled",
-            LabelQualityResult.exclude_reason.is_not(None),
-            LabelQualityResult.given_label == Prediction.effective_label,
-            ~reviewed(),
-        )
+        .where(Task.name == task, LabelQualityResult.given_label == Prediction.effective_label, *conditions)
     )
     if tenant_id is not None:
         stmt = stmt.where(Prediction.tenant_id == tenant_id)

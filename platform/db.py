@@ -84,6 +84,11 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # the driver's own call: every request runs it
 
 
+def connection_of(db: Connection | Session) -> Connection:
+    """The connection itself, or the session's (which begins the session's transaction)."""
+    return db.connection() if isinstance(db, Session) else db
+
+
 def driver_execute(db: Connection | Session, sql: str, params: Any, *, many: bool = False) -> Any:
     """Run ``sql`` on the driver's cursor of the connection (or the session's), in its transaction; returns the
     cursor.
@@ -92,7 +97,7 @@ def driver_execute(db: Connection | Session, sql: str, params: Any, *, many: boo
     measured, against ~2 µs on the cursor), so it is only for the few statements every ingest request runs, with
     values already in database form. Driver errors are wrapped as SQLAlchemy wraps them, so the app's error
     handlers (503 for a lost database) see them the same way."""
-    connection = db.connection() if isinstance(db, Session) else db
+    connection = connection_of(db)
     if not connection.in_transaction():
         connection.begin()  # as SQLAlchemy's own execute would (autobegin); the driver alone would autocommit
     dialect = connection.dialect
@@ -122,12 +127,14 @@ class HotStatement:
 
     def cursor(self, db: Connection | Session, params: dict[str, Any]) -> Any:
         """Execute in the transaction of ``db``; returns the driver's cursor (``fetchone``, ``rowcount``)."""
-        dialect = db.get_bind().dialect if isinstance(db, Session) else db.dialect
+        connection = connection_of(db)
+        dialect = connection.dialect
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             compiled = self._compiled[dialect.name] = self.statement.compile(dialect=dialect)
         positions = getattr(compiled, "positiontup", None)
-        return driver_execute(db, compiled.string, tuple(params[k] for k in positions) if positions else params)
+        args = tuple(params[k] for k in positions) if positions else params
+        return driver_execute(connection, compiled.string, args)
 
 
 class Database:

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from flywheel.api.schemas import FeedbackIn, PredictionIn
-from flywheel.db import UTCDateTime, driver_execute, utcnow
+from flywheel.db import UTCDateTime, connection_of, driver_execute, utcnow
 from flywheel.errors import Conflict, Unprocessable
 from flywheel.models.core import Feedback, Prediction, Task
 
@@ -125,7 +125,7 @@ def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: lis
     """INSERT … ON CONFLICT (tenant_id, client_id) DO NOTHING, straight to the driver; returns how many rows were
     inserted. SQLite: ``executemany`` of one prepared statement (what the raw-SQL baseline does); PostgreSQL: one
     statement over arrays."""
-    dialect = (db.get_bind() if isinstance(db, Session) else db).dialect.name
+    dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
     if dialect == "postgresql":
         columns = {name: [row[name] for row in rows] for name in _columns(table)}
