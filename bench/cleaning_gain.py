@@ -14,6 +14,8 @@ embeddings, as ``flywheel.retrain`` trains it) fitted on
   ``min(1, labels per class / FULL_TRUST_PER_CLASS)``);
 - ``+ source``: ``guarded`` minus, in addition, every label of a source the pass would exclude (its flagged share
   above ``source_exclude_issue_rate`` over at least ``source_min_labels`` labels);
+- ``weighted``: ``+ source``, each kept label trained at its weight (``LabelCheck.weights``: the probability that
+  it is right; what the pass stores and training uses);
 - ``relabel``: the excluded labels replaced by the suggested class instead of removed.
 
 Accuracy is on the full banking77 test split. Run from the repo root:
@@ -39,7 +41,7 @@ from flywheel.feedback.pipeline import CheckConfig, check_labels
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_noise import DATA, embed
 
-ARMS = ("uncleaned", "all flags", "guarded", "+ source", "relabel", "oracle", "true")
+ARMS = ("uncleaned", "all flags", "guarded", "+ source", "weighted", "relabel", "oracle", "true")
 
 
 def sim_noise(y: np.ndarray, k: int, *, rate: float, careless_share: float, seed: int):
@@ -55,13 +57,15 @@ def sim_noise(y: np.ndarray, k: int, *, rate: float, careless_share: float, seed
     return noisy, wrong, source
 
 
-def head_accuracy(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, k: int) -> float:
+def head_accuracy(
+    x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, k: int, weights: np.ndarray | None = None
+) -> float:
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        head = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(x, y)
+        head = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(x, y, sample_weight=weights)
     probs = np.zeros((len(x_test), k))
     probs[:, head.classes_] = head.predict_proba(x_test)
     return float((probs.argmax(axis=1) == y_test).mean())
@@ -122,12 +126,14 @@ def main() -> None:
                 "oracle": wrong,
             }
             accuracy = {name: head_accuracy(x[~m], noisy[~m], x_test, y_test, k) for name, m in masks.items()}
+            kept = ~with_source
+            accuracy["weighted"] = head_accuracy(x[kept], noisy[kept], x_test, y_test, k, check.weights[kept])
             relabeled = np.where(with_source, check.issues.suggested, noisy)
             accuracy["relabel"] = head_accuracy(x, relabeled, x_test, y_test, k)
             accuracy["true"] = head_accuracy(x, y, x_test, y_test, k)
             per_class = n / len(np.unique(noisy))
             for arm in ARMS:
-                mask = masks.get(arm, with_source if arm == "relabel" else np.zeros(n, bool))
+                mask = masks.get(arm, with_source if arm in ("relabel", "weighted") else np.zeros(n, bool))
                 p, r, _ = precision_recall_f1(mask, wrong) if mask.any() else (float("nan"), 0.0, 0.0)
                 gain = 100 * (accuracy[arm] - accuracy["uncleaned"])
                 gains[(n, arm)].append(gain)

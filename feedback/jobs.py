@@ -268,7 +268,7 @@ def _run(
     from flywheel.feedback import cleanlab_adapter
     from flywheel.feedback.embeddings import get_embeddings
     from flywheel.feedback.oos import OOSConfig, OOSProbabilities, fit_predict_unlabeled, out_of_sample_probabilities
-    from flywheel.feedback.pipeline import exclusion_mask, trusted_share
+    from flywheel.feedback.pipeline import exclusion_mask, label_weights, trusted_share
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -345,10 +345,13 @@ def _run(
     # class: a weak out-of-sample model, whose flags include many hard but correct labels; see exclusion_mask).
     share = trusted_share(pooled_given)
     drop = exclusion_mask(pooled, pooled_given)[:n]
+    # The labels kept train at the probability that they are right (the noise rate: cleanlab's count of issues).
+    weights = label_weights(pooled_probs, pooled_given, float(pooled.is_issue.mean()), trust=share)[:n]
     timings["cleanlab"] = time.perf_counter() - t
     reviewed = np.array([any(v.source == "reviewer" for v in it.votes) for it in items])
     is_issue = issues.is_issue & ~reviewed  # a reviewer's decision is final
     drop &= is_issue
+    weights[reviewed] = 1.0
 
     sources = _source_reliability(items, given, issues.suggested, is_issue, labels, consensus, settings)
     excluded_sources = {key for key, s in sources.items() if s["excluded"]}
@@ -389,6 +392,7 @@ def _run(
                 "consensus_votes": len(it.votes),
                 "active_score": None if active is None else float(active[0][i]),
                 "exclude_reason": "label_issue" if drop[i] else ("excluded_source" if only_excluded else None),
+                "train_weight": round(float(weights[i]), 6),
             }
         )
     if active is not None:
@@ -411,6 +415,7 @@ def _run(
                     "consensus_votes": 0,
                     "active_score": float(score),
                     "exclude_reason": None,
+                    "train_weight": None,
                 }
             )
     source_counts: dict[str, int] = defaultdict(int)
@@ -421,6 +426,7 @@ def _run(
         "n_issues": int(is_issue.sum()),
         "issue_rate": float(is_issue.mean()),
         "n_excluded_issues": int(drop.sum()),
+        "mean_train_weight": round(float(weights[~drop].mean()), 4) if (~drop).any() else None,
         "labels_per_class": round(len(pooled_given) / len(np.unique(pooled_given)), 2),
         "excluded_share_of_issues": round(share, 4),
         "n_scored_with_pool": len(pooled_given),

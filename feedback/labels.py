@@ -50,6 +50,24 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
     return out
 
 
+def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int, float]:
+    """Prediction id -> training weight (the probability that its label is right) for the labels the latest pass
+    scored below full weight; current verdicts only, never a reviewed label (a person decided: full weight)."""
+    rows = session.execute(
+        select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
+        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+        .where(
+            LabelQualityResult.tenant_id == tenant_id,
+            LabelQualityResult.task_id == task_id,
+            LabelQualityResult.kind == "labeled",
+            LabelQualityResult.train_weight < 1.0,
+            LabelQualityResult.given_label == Prediction.effective_label,
+            ~reviewed(),
+        )
+    )
+    return {pid: float(w) for pid, w in rows if w is not None}
+
+
 def flagged_client_ids(session: Session, task: str, tenant_id: int | None = None) -> set[str]:
     """Client ids of the predictions flagged as label issues (current ones only) for a task, every tenant or one."""
     return _current_client_ids(session, task, tenant_id, LabelQualityResult.is_issue.is_(True))

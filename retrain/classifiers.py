@@ -229,11 +229,13 @@ def train_few_shot(
     seed: int = 0,
     embeddings: np.ndarray | None = None,
     c: float = 10.0,
+    sample_weight: Sequence[float] | np.ndarray | None = None,
 ) -> FewShotClassifier:
     """Fit the few-shot head: logistic regression on frozen, unit-norm base-encoder embeddings.
 
     ``y`` holds label names or indices into ``labels``; ``embeddings`` (N, D), if given, replace embedding
-    ``texts`` (pass the cached ones). Labels with no example keep probability 0.
+    ``texts`` (pass the cached ones); ``sample_weight`` (N,) weighs each example's loss (the label-quality
+    pass's probability that its label is right). Labels with no example keep probability 0.
     """
     import time
 
@@ -255,8 +257,11 @@ def train_few_shot(
         raise ValueError(f"{X.shape[0]} embeddings but {len(idx)} labels")
     started = time.perf_counter()
     # C=10 suits unit-norm embeddings (the default 1.0 over-regularizes them: measured on banking77).
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weights is not None and weights.shape != (len(idx),):
+        raise ValueError(f"{len(idx)} labels but sample_weight has shape {weights.shape}")
     head = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    head.fit(X, idx)
+    head.fit(X, idx, sample_weight=weights)
     coef = np.zeros((len(labels), X.shape[1]), dtype=np.float32)
     intercept = np.full(len(labels), -np.inf, dtype=np.float32)
     classes = head.classes_.astype(np.int64)
@@ -270,6 +275,7 @@ def train_few_shot(
     info = {
         "train_samples": len(idx),
         "train_labels_present": len(classes),
+        "weighted_samples": 0 if weights is None else int((weights != 1.0).sum()),
         "training_seconds": round(time.perf_counter() - started, 3),
         "c": c,
         "seed": seed,

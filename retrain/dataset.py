@@ -35,29 +35,37 @@ def is_holdout(bucket: int, holdout_percent: int) -> bool:
 
 @dataclass
 class LabeledSet:
-    """Rows of one split, aligned: prediction ids, texts, labels, the tenant slug of each row."""
+    """Rows of one split, aligned: prediction ids, texts, labels, the tenant slug of each row, and each row's
+    training weight (1.0 unless the label-quality pass doubts the label)."""
 
     ids: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     tenants: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, pid: int, text: str, label: str, tenant: str, content_hash: str) -> None:
+    def add(self, pid: int, text: str, label: str, tenant: str, content_hash: str, weight: float = 1.0) -> None:
         self.ids.append(pid)
         self.texts.append(text)
         self.labels.append(label)
         self.tenants.append(tenant)
         self.hashes.append(content_hash)
+        self.weights.append(weight)
+
+    @property
+    def sample_weight(self) -> list[float] | None:
+        """The weights for training, or None when every row has full weight."""
+        return self.weights if any(w != 1.0 for w in self.weights) else None
 
     def fingerprint(self) -> str:
-        """SHA-256 over (id, content hash, label) of every row: what exactly this split contained."""
+        """SHA-256 over (id, content hash, label[, weight]) of every row: what exactly this split contained."""
         digest = hashlib.sha256()
-        for pid, h, label in zip(self.ids, self.hashes, self.labels, strict=True):
-            digest.update(f"{pid}:{h}:{label}\n".encode())
+        for pid, h, label, w in zip(self.ids, self.hashes, self.labels, self.weights, strict=True):
+            digest.update(f"{pid}:{h}:{label}{'' if w == 1.0 else f':{w:.6f}'}\n".encode())
         return digest.hexdigest()
 
     def label_counts(self) -> dict[str, int]:
@@ -79,6 +87,7 @@ class TrainingData:
             "n_train": len(self.train),
             "n_holdout": len(self.holdout),
             "n_excluded": self.excluded,
+            "n_weighted": sum(1 for w in self.train.weights if w != 1.0),
             "tenants": dict(sorted(Counter(self.train.tenants).items())),
             "holdout_tenants": dict(sorted(Counter(self.holdout.tenants).items())),
             "train_sha256": self.train.fingerprint(),
@@ -87,13 +96,14 @@ class TrainingData:
         }
 
 
-def excluded_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
-    """Prediction ids the label-quality pass keeps out of training (none when that pass is not installed)."""
+def label_verdicts(session: Session, tenant_id: int, task_id: int) -> tuple[set[int], dict[int, float]]:
+    """What the label-quality pass says about training: the prediction ids it keeps out, and the weights below 1
+    of the labels it keeps (nothing when that pass is not installed)."""
     try:
-        from flywheel.feedback.labels import excluded_prediction_ids
+        from flywheel.feedback.labels import excluded_prediction_ids, training_weights
     except ImportError:
-        return set()
-    return set(excluded_prediction_ids(session, tenant_id, task_id))
+        return set(), {}
+    return set(excluded_prediction_ids(session, tenant_id, task_id)), training_weights(session, tenant_id, task_id)
 
 
 def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int) -> TrainingData:
@@ -120,7 +130,7 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
         stmt = stmt.where(Prediction.tenant_id == tenant.id)
     rows = session.execute(stmt).all()
     valid = set(task.labels)
-    excluded_by_tenant: dict[int, set[int]] = {}
+    verdicts: dict[int, tuple[set[int], dict[int, float]]] = {}
     train, holdout = LabeledSet(), LabeledSet()
     excluded = 0
     for pid, text, label, bucket, chash, tid, slug in rows:
@@ -129,12 +139,13 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
         if is_holdout(bucket, holdout_percent):
             holdout.add(pid, text, label, slug, chash)
             continue
-        if tid not in excluded_by_tenant:
-            excluded_by_tenant[tid] = excluded_ids(session, tid, task.id)
-        if pid in excluded_by_tenant[tid]:
+        if tid not in verdicts:
+            verdicts[tid] = label_verdicts(session, tid, task.id)
+        left_out, weights = verdicts[tid]
+        if pid in left_out:
             excluded += 1
             continue
-        train.add(pid, text, label, slug, chash)
+        train.add(pid, text, label, slug, chash, weights.get(pid, 1.0))
     return TrainingData(
         task_id=task.id,
         tenant_id=tenant.id if tenant else None,

@@ -9,7 +9,8 @@ status row. What it does, in order:
 - splits a stratified validation set off the training texts (early stopping watches its loss, and the best
   epoch's weights are restored);
 - tokenizes once, then pads each batch to its own longest text (dynamic padding), with batches grouped by length;
-- weights the loss by inverse class frequency (``balanced``) so rare labels count;
+- weights the loss by inverse class frequency (``balanced``) so rare labels count, and each example by its
+  ``sample_weight`` (the label-quality pass's probability that its label is right);
 - on CUDA runs under bf16 autocast, or fp16 autocast with a GradScaler where bf16 is missing; fp32 on CPU.
 """
 
@@ -289,7 +290,15 @@ def evaluate_logits(
 
 
 def linear_probe_init(
-    model: Any, ids: Sequence[list[int]], y: np.ndarray, pad_id: int, device: str, *, c: float, seed: int
+    model: Any,
+    ids: Sequence[list[int]],
+    y: np.ndarray,
+    pad_id: int,
+    device: str,
+    *,
+    c: float,
+    seed: int,
+    sample_weight: np.ndarray | None = None,
 ) -> float:
     """Fit a logistic regression on the classifier's input features (the pooled base output, dropout off) and
     copy it into the classifier: fine-tuning then starts from the linear probe. Returns its training accuracy."""
@@ -312,7 +321,7 @@ def linear_probe_init(
         model.train()
     features = np.zeros((len(ids), captured[0].shape[1]), dtype=np.float32)
     features[order] = np.concatenate(captured)
-    probe = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(features, y)
+    probe = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(features, y, sample_weight=sample_weight)
     n_labels, dim = model.classifier.weight.shape
     weight = np.zeros((n_labels, dim), dtype=np.float32)
     bias = np.zeros(n_labels, dtype=np.float32)
@@ -357,8 +366,10 @@ def fine_tune(
     *,
     config: FineTuneConfig,
     progress: Callable[[float, str], None] | None = None,
+    sample_weight: Sequence[float] | np.ndarray | None = None,
 ) -> tuple[FineTunedClassifier, dict[str, Any]]:
-    """Fine-tune the base encoder with a classification head on ``texts`` / ``y`` (names or indices).
+    """Fine-tune the base encoder with a classification head on ``texts`` / ``y`` (names or indices), each
+    example's loss weighted by ``sample_weight`` (N,) when given.
 
     Returns the classifier (best validation epoch, on ``config.device``) and run statistics: samples, steps,
     epochs run, whether it stopped early, validation loss/accuracy per epoch, class weights, precision, the
@@ -378,6 +389,9 @@ def fine_tune(
         raise ValueError(f"{len(texts)} texts but {len(y_idx)} labels")
     if len(np.unique(y_idx)) < 2:
         raise ValueError("fine-tuning needs examples of at least 2 labels")
+    example_weights = np.ones(len(y_idx)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if example_weights.shape != (len(y_idx),):
+        raise ValueError(f"{len(y_idx)} labels but sample_weight has shape {example_weights.shape}")
     cfg = config
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(device, cfg.precision)
@@ -397,21 +411,28 @@ def fine_tune(
     ids = tokenize(tokenizer, texts, cfg.max_length)
     train_ids = [ids[i] for i in train_idx]
     train_y = y_idx[train_idx]
+    train_w = example_weights[train_idx]
     val_ids = [ids[i] for i in val_idx]
     val_y = y_idx[val_idx]
     lengths = [len(r) for r in train_ids]
     probe_accuracy = None
     if cfg.head_init == "linear_probe":
         report(0.0, "fitting the linear probe that initializes the classifier")
-        probe_accuracy = linear_probe_init(model, train_ids, train_y, pad_id, device, c=cfg.probe_c, seed=cfg.seed)
+        probe_accuracy = linear_probe_init(
+            model, train_ids, train_y, pad_id, device, c=cfg.probe_c, seed=cfg.seed, sample_weight=train_w
+        )
     elif cfg.head_init != "random":
         raise ValueError(f"head_init must be 'linear_probe' or 'random', not {cfg.head_init!r}")
 
     weights = balanced_class_weights(train_y, len(labels)) if cfg.class_weights else None
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=torch.tensor(weights, device=device) if weights is not None else None,
-        label_smoothing=cfg.label_smoothing,
-    )
+    class_w = torch.tensor(weights, device=device, dtype=torch.float32) if weights is not None else None
+    per_example = torch.nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing, reduction="none")
+
+    def loss_fn(logits: Any, target: Any, example_w: Any) -> Any:
+        """The class-weighted mean cross-entropy (as ``CrossEntropyLoss`` computes it), each example also weighted."""
+        w = example_w if class_w is None else example_w * class_w[target]
+        return (per_example(logits, target) * example_w).sum() / w.sum().clamp_min(1e-12)
+
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -421,6 +442,7 @@ def fine_tune(
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     rng = np.random.default_rng(cfg.seed)
     train_y_t = torch.tensor(train_y, dtype=torch.long)
+    train_w_t = torch.tensor(train_w, dtype=torch.float32)
     report_every = max(1, total_steps // 100)
 
     history: list[dict[str, Any]] = []
@@ -447,13 +469,17 @@ def fine_tune(
         # The epoch's batches are padded and moved to the device before its first step: a copy from pageable
         # host memory inside the loop would stall the host until the GPU drained its queue, every step.
         ready = [
-            ({k: v.to(device) for k, v in collate(train_ids, index, pad_id).items()}, train_y_t[index].to(device))
+            (
+                {k: v.to(device) for k, v in collate(train_ids, index, pad_id).items()},
+                train_y_t[index].to(device),
+                train_w_t[index].to(device),
+            )
             for index in batches
         ]
-        for index, (batch, target) in zip(batches, ready, strict=True):
+        for index, (batch, target, example_w) in zip(batches, ready, strict=True):
             with _autocast(device, precision):
                 logits = model(**batch).logits
-            loss = loss_fn(logits.float(), target)
+            loss = loss_fn(logits.float(), target, example_w)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

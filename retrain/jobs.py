@@ -382,7 +382,15 @@ def _train_and_gate(
         from flywheel.retrain.classifiers import train_few_shot
 
         emb = embeddings_for(db, data.train.texts, base)
-        head = train_few_shot(data.train.texts, data.train.labels, labels, base_model=base, seed=0, embeddings=emb)
+        head = train_few_shot(
+            data.train.texts,
+            data.train.labels,
+            labels,
+            base_model=base,
+            seed=0,
+            embeddings=emb,
+            sample_weight=data.train.sample_weight,
+        )
         candidates.append(_Candidate("few_shot", head, _evaluate(head, h.texts, h.labels, h.tenants, labels)))
         report(0.15, "few-shot head trained")
     if rung == "fine_tuned":
@@ -399,6 +407,7 @@ def _train_and_gate(
             labels,
             config=_fine_tune_config(settings, base, fine_tune_overrides),
             progress=scaled,
+            sample_weight=data.train.sample_weight,
         )
         candidates.append(_Candidate("fine_tuned", clf, _evaluate(clf, h.texts, h.labels, h.tenants, labels), stats))
 

@@ -13,7 +13,13 @@ import pytest
 from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
 from flywheel.feedback.oos import SOURCE_CV, SOURCE_CV_PRODUCTION, OOSConfig, out_of_sample_probabilities
-from flywheel.feedback.pipeline import FULL_TRUST_PER_CLASS, check_labels, exclusion_mask, trusted_share
+from flywheel.feedback.pipeline import (
+    FULL_TRUST_PER_CLASS,
+    check_labels,
+    exclusion_mask,
+    label_weights,
+    trusted_share,
+)
 
 from support import shared_data
 
@@ -116,6 +122,30 @@ def test_enough_labels_per_class_leave_out_every_flag(banking) -> None:
     ]
     # ... unless its class has fewer labels than min_class_labels
     assert not exclusion_mask(lopsided, given, full_trust_per_class=6, min_class_labels=3).any()
+
+
+def test_label_weights_are_the_probability_that_a_label_is_right(banking) -> None:
+    # Bayes' rule by hand: p = 0.5 for the given label, 20% uniform noise over K = 3 classes
+    probs = np.array([[0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    given = np.array([0, 0, 0])
+    w = label_weights(probs, given, 0.2, min_class_labels=1)
+    assert w[0] == pytest.approx(0.4 / (0.4 + 0.2 * 0.5 / 2))
+    assert w[1] > w[0] > w[2] > 0.0
+    assert label_weights(probs, given, 0.0, min_class_labels=1).tolist() == [1.0, 1.0, 1.0]  # no noise: all right
+    assert label_weights(probs, given, 0.2, trust=0.0, min_class_labels=1).tolist() == [1.0, 1.0, 1.0]
+    half = label_weights(probs, given, 0.2, trust=0.5, min_class_labels=1)
+    assert half == pytest.approx(1 - 0.5 * (1 - w))
+    # a class with fewer labels than the minimum keeps full weight, as it is never left out
+    assert label_weights(probs, given, 0.2, min_class_labels=4).tolist() == [1.0, 1.0, 1.0]
+
+    # on real text: the flipped labels the pass keeps weigh far less than the correct ones
+    x, y, names = banking
+    noisy, flipped = flip_labels(y, len(names), rate=0.2, seed=1)
+    check = check_labels(x, noisy, len(names))
+    kept = ~check.exclude
+    assert check.weights.shape == (len(y),) and ((check.weights > 0) & (check.weights <= 1)).all()
+    assert np.median(check.weights[kept & ~flipped]) > 0.95
+    assert check.weights[kept & flipped].mean() < check.weights[kept & ~flipped].mean() - 0.3
 
 
 def test_banking77_confusable_flips_are_found_well_above_chance(banking) -> None:

@@ -23,10 +23,17 @@ from flywheel.db import Database
 from flywheel.feedback.cli import labels as labels_cli
 from flywheel.feedback.embeddings import get_embeddings
 from flywheel.feedback.jobs import label_quality_pass, run_label_quality
-from flywheel.feedback.labels import excluded_prediction_ids, flagged_client_ids, source_reliability
+from flywheel.feedback.labels import (
+    excluded_prediction_ids,
+    flagged_client_ids,
+    source_reliability,
+    training_weights,
+)
+from flywheel.feedback.review import record_decision
 from flywheel.ingest import holdout_bucket, ingest_feedback, ingest_predictions
 from flywheel.models.core import Feedback, Prediction, Task, Tenant
 from flywheel.models.labels import EmbeddingCache, LabelQualityResult, LabelQualityRun
+from flywheel.retrain.dataset import build_training_data
 
 from support import LABELS, World
 
@@ -214,6 +221,40 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
     assert _pid(db, plan.target).effective_label == plan.truth[plan.target]
     holdout_troll_row = _pid(db, holdout_troll)
     assert holdout_troll_row.effective_label != plan.truth[holdout_troll]  # untouched: still the rule's label
+
+
+def test_kept_labels_train_at_the_probability_that_they_are_right(world: World, plan: Plan, settings: Settings) -> None:
+    db, s = world.db, _settings(settings)
+    run_label_quality(db, s, tenant="acme", task="intent", encoder=plan.encoder)
+    tenant_id, task_id = _scope(db)
+    with db.session() as session:
+        results = {
+            p.client_id: r for r, p in session.execute(select(LabelQualityResult, Prediction).join(Prediction)).tuples()
+        }
+        weights = {cid: r.train_weight for cid, r in results.items() if r.kind == "labeled"}
+        assert all(r.train_weight is None for r in results.values() if r.kind == "unlabeled")
+        assert all(w is not None and 0.0 < w <= 1.0 for w in weights.values())
+        honest = [w for cid, w in weights.items() if cid not in plan.troll and cid not in plan.crowd]
+        troll = [w for cid, w in weights.items() if cid in plan.troll]
+        assert np.median(honest) > 0.95 and np.mean(troll) < np.median(honest) - 0.1 and max(troll) < 0.95
+        by_id = training_weights(session, tenant_id, task_id)
+        assert by_id and all(w < 1.0 for w in by_id.values())
+        task = session.get(Task, task_id)
+        assert task is not None
+        data = build_training_data(session, task, None, holdout_percent=s.holdout_percent)
+        excluded = excluded_prediction_ids(session, tenant_id, task_id)
+        assert not excluded & set(data.train.ids)  # left out wins over a weight
+        assert data.train.weights == [by_id.get(pid, 1.0) for pid in data.train.ids]
+        assert data.train.sample_weight == data.train.weights and data.lineage()["n_weighted"] > 0
+        # a reviewer's decision trains at full weight: a person decided
+        doubted = next(pid for pid in data.train.ids if pid in by_id)
+        prediction = session.get(Prediction, doubted)
+        assert prediction is not None
+        record_decision(session, prediction, decision="keep", label=None, note=None, reviewer="r")
+        session.flush()
+        assert doubted not in training_weights(session, tenant_id, task_id)
+        again = build_training_data(session, task, None, holdout_percent=s.holdout_percent)
+        assert again.train.weights[again.train.ids.index(doubted)] == 1.0
 
 
 def test_pass_is_safe_to_run_twice(world: World, plan: Plan, settings: Settings) -> None:

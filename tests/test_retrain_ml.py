@@ -400,3 +400,38 @@ def test_few_shot_takes_cached_embeddings_and_keeps_unseen_labels_at_zero() -> N
     assert np.mean(proba.argmax(1) == y) == 1.0
     with pytest.raises(ValueError, match="not in the task's label set"):
         train_few_shot(["x", "y"], ["a", "zzz"], ["a", "b"], embeddings=X[:2])
+
+
+def test_few_shot_weights_each_example_and_a_zero_weight_leaves_it_out() -> None:
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 16))
+    X = np.concatenate([c + 0.3 * rng.normal(size=(20, 16)) for c in centers]).astype(np.float32)
+    y = np.repeat([0, 1, 2], 20)
+    noisy = y.copy()
+    noisy[:6] = 1  # six of class 0 mislabeled as 1
+    weights = np.ones(len(y))
+    weights[:6] = 0.0
+    labels = ["a", "b", "c"]
+    dropped = train_few_shot([""] * 54, noisy[6:], labels, embeddings=X[6:])
+    zeroed = train_few_shot([""] * 60, noisy, labels, embeddings=X, sample_weight=weights)
+    plain = train_few_shot([""] * 60, noisy, labels, embeddings=X)
+    np.testing.assert_allclose(zeroed.predict_proba_embeddings(X), dropped.predict_proba_embeddings(X), atol=1e-3)
+    assert not np.allclose(plain.predict_proba_embeddings(X), dropped.predict_proba_embeddings(X), atol=1e-3)
+    assert zeroed.train_info["weighted_samples"] == 6 and plain.train_info["weighted_samples"] == 0
+    with pytest.raises(ValueError, match="sample_weight"):
+        train_few_shot([""] * 60, noisy, labels, embeddings=X, sample_weight=weights[:10])
+
+
+def test_fine_tune_weights_each_example(tiny_base: Path) -> None:
+    texts, ys = synthetic({"card": 30, "refund": 30, "login": 30}, seed=7)
+    cfg = tiny_config(tiny_base, epochs=2)
+    plain, _ = fine_tune(texts, ys, LABELS, config=cfg)
+    ones, _ = fine_tune(texts, ys, LABELS, config=cfg, sample_weight=np.ones(len(ys)))
+    # half the examples at weight 0.1: a different model from the same seed and batches
+    tenth, _ = fine_tune(texts, ys, LABELS, config=cfg, sample_weight=np.where(np.arange(len(ys)) % 2, 1.0, 0.1))
+    probe = texts[:20]
+    # all-ones weights reproduce the class-weighted mean loss exactly
+    np.testing.assert_allclose(ones.predict_proba(probe), plain.predict_proba(probe), atol=1e-5)
+    assert not np.allclose(tenth.predict_proba(probe), plain.predict_proba(probe), atol=1e-4)
+    with pytest.raises(ValueError, match="sample_weight"):
+        fine_tune(texts, ys, LABELS, config=cfg, sample_weight=np.ones(3))

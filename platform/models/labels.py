@@ -70,7 +70,8 @@ class LabelQualityResult(Base):
 
     ``kind`` "labeled": ``given_label`` (the effective label scored), ``quality`` (cleanlab label quality, lower =
     more likely wrong), ``is_issue``, ``suggested_label``, ``oos_source`` (which out-of-sample source scored it),
-    and the consensus when several sources labeled it. ``kind`` "unlabeled": ``active_score`` (ActiveLab, lower =
+    ``train_weight`` (the probability that the label is right, its weight in training), and the consensus when
+    several sources labeled it. ``kind`` "unlabeled": ``active_score`` (ActiveLab, lower =
     more worth a person's label).
     """
 
@@ -98,6 +99,8 @@ class LabelQualityResult(Base):
     active_score: Mapped[float | None] = mapped_column(Float)
     # Why training leaves it out: "label_issue", or "excluded_source" (only unreliable sources labeled it).
     exclude_reason: Mapped[str | None] = mapped_column(String(32))
+    # The weight training gives the label when it keeps it: the probability that it is right (label_weights).
+    train_weight: Mapped[float | None] = mapped_column(Float)
 
 
 class LabelSourceStat(Base):
