@@ -17,6 +17,7 @@ import argparse
 import csv
 import http.client
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -160,6 +161,46 @@ def post_all(port: int, path: str, bodies: list[bytes], key: str) -> float:
     return elapsed
 
 
+def _client(port: int, path: str, bodies: list[bytes], key: str, barrier: Any, out: Any) -> None:
+    """One client process of :func:`post_concurrently`: connect, wait for the others, post, report (start, end)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.connect()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    barrier.wait()
+    start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+    for body in bodies:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status not in (200, 201, 204):
+            out.put(f"POST {path} answered {resp.status}")
+            return
+    out.put((start, time.perf_counter()))
+    conn.close()
+
+
+def post_concurrently(port: int, path: str, bodies: list[bytes], key: str, clients: int) -> float:
+    """Seconds for ``clients`` processes, each with its own keep-alive connection, to post ``bodies`` between them
+    (from the first one's start to the last one's end). Processes, not threads: the client's own Python work must
+    not queue on one GIL."""
+    if clients == 1:
+        return post_all(port, path, bodies, key)
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(clients), ctx.Queue()
+    procs = [
+        ctx.Process(target=_client, args=(port, path, bodies[i::clients], key, barrier, out)) for i in range(clients)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        raise SystemExit(errors[0])
+    return max(end for _, end in results) - min(start for start, _ in results)
+
+
 def raw_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     import hashlib
 
@@ -236,6 +277,49 @@ def raw_insert(url: str, items: list[dict[str, Any]]) -> float:
         return time.perf_counter() - start
 
 
+def statements_alone(url: str, items: list[dict[str, Any]], key: str) -> float:
+    """Seconds per item for what a single-item POST asks of the database, with nothing else: from one process, on
+    the driver, each item's own transaction (the API-key lookup, the one-row insert, the commit), with the app's
+    own SQL and connection settings. The no-op POST plus this is the least a single POST can cost, so
+    ``noop / (noop + this)`` bounds the single-item ratio from above for any server that commits before it answers.
+    """
+    from flywheel.auth import _KEY_LOOKUP, hash_key
+    from flywheel.db import make_engine
+    from flywheel.ingest import _row_sql, _sqlite_sql
+    from flywheel.models.core import Prediction
+
+    table = Prediction.__table__
+    rows = raw_rows(items)
+    engine = make_engine(url)  # the app's connection settings (SQLite: WAL, synchronous=NORMAL, BEGIN IMMEDIATE)
+    lookup = _KEY_LOOKUP.statement.compile(dialect=engine.dialect)
+    key_hash = hash_key(key)
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        if engine.dialect.name == "sqlite":
+            insert = _sqlite_sql(table)
+            start = time.perf_counter()
+            for r in rows:
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute(lookup.string, (key_hash,)).fetchone()
+                cursor.execute(insert, tuple(r[c] for c in COLUMNS))
+                cursor.execute("COMMIT")
+        else:
+            insert = _row_sql(table)
+            start = time.perf_counter()
+            for r in rows:
+                cursor.execute(lookup.string, {"key_hash": key_hash})  # psycopg sends BEGIN first, as in the app
+                cursor.fetchone()
+                cursor.execute(insert, [r[c] for c in COLUMNS])
+                driver.commit()
+        return (time.perf_counter() - start) / len(rows)
+    finally:
+        raw.close()
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="sqlite")
@@ -244,6 +328,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="the arms take turns; the best round of each counts")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="client processes posting the single items and the no-ops at once (1: one after another, the latency "
+        "view; more: the server's throughput under concurrent backends)",
+    )
     parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
@@ -257,11 +348,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     base = args.database_url
 
-    results: dict[str, list[float]] = {"raw": [], "batched": [], "single": [], "noop": []}
-    for _ in range(args.rounds):  # raw SQL baseline, each round on a new database
+    results: dict[str, list[float]] = {"raw": [], "batched": [], "single": [], "noop": [], "floor": []}
+    for r in range(args.rounds):  # raw SQL baselines, each round on a new database
         raw_url = fresh_database(base, tmp, args.synchronous_commit)
-        prepare(raw_url, labels)
+        raw_key = prepare(raw_url, labels)
         results["raw"].append(args.rows / raw_insert(raw_url, items))
+        floor_items = [dict(it, id=f"floor-{r}-{it['id']}") for it in items[: args.singles]]
+        results["floor"].append(1 / statements_alone(raw_url, floor_items, raw_key))
         drop_database(base, raw_url)
 
     # HTTP arms on one server, the arms taking turns in each round
@@ -281,8 +374,9 @@ def main() -> None:
                 json.dumps(dict(it, id=f"r{r}-single-{i}")).encode() for i, it in enumerate(renamed[: args.singles])
             ]
             results["batched"].append(args.rows / post_all(server.port, "/v1/predictions", batches, key))
-            results["single"].append(args.singles / post_all(server.port, "/v1/predictions", singles, key))
-            results["noop"].append(args.singles / post_all(server.port, "/_bench/noop", singles, key))
+            for arm, path in (("single", "/v1/predictions"), ("noop", "/_bench/noop")):
+                elapsed = post_concurrently(server.port, path, singles, key, args.clients)
+                results[arm].append(args.singles / elapsed)
     finally:
         server.close()
         drop_database(base, url)
@@ -292,7 +386,8 @@ def main() -> None:
     if base != "sqlite":
         backend = f"PostgreSQL (COPY), synchronous_commit={args.synchronous_commit}"
     print(
-        f"\nbackend: {backend}; gunicorn gthread workers={args.workers} threads={args.threads}; best of {args.rounds}"
+        f"\nbackend: {backend}; gunicorn gthread workers={args.workers} threads={args.threads}; "
+        f"{args.clients} client(s) for the single items; best of {args.rounds}"
     )
     print(f"{'arm':<34}{'rows/s':>12}{'ratio':>10}   every round")
     for name, arm, base_arm in (
@@ -303,6 +398,13 @@ def main() -> None:
     ):
         rounds = ", ".join(f"{v:,.0f}" for v in results[arm])
         print(f"{name:<34}{best[arm]:>12,.0f}{best[arm] / best[base_arm]:>10.2f}   {rounds}")
+    floor_us, noop_us = 1e6 / best["floor"], 1e6 / best["noop"]
+    print(
+        f"\nthe database alone, per single item (key lookup, one-row insert, commit; one process, no HTTP): "
+        f"{floor_us:,.0f} µs;\nwith the no-op POST's {noop_us:,.0f} µs, no server that commits before answering can "
+        f"pass {noop_us / (noop_us + floor_us):.2f}x the no-op here (this run's single POST spent "
+        f"{1e6 / best['single'] - noop_us - floor_us:,.0f} µs more)"
+    )
 
 
 if __name__ == "__main__":

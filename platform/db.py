@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import ClauseElement, Connection, DateTime, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Compiled, Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -59,9 +61,45 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+#: A pooled connection idle longer than this is pinged before use; one in steady use is not.
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use when it has sat idle (the server may have restarted or dropped it
+    meanwhile) or when any connection has been found lost since it was last used; a failed ping discards it and
+    the pool opens a fresh one.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more network round trip per request (about 60 µs
+    on loopback; five round trips made a single-item ingest, measured). A connection handed back a moment ago
+    is as good as the request that used it proved; if the server goes away in between, the request fails as any
+    request the outage hits does (503, ``Retry-After``), and every other pooled connection is pinged before its
+    next use."""
+    lost_at = [-math.inf]
+
+    @event.listens_for(engine, "invalidate")
+    def _lost(_dbapi_connection: Any, _record: Any, _exception: Any) -> None:
+        lost_at[0] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or (time.monotonic() - since < IDLE_PING_SECONDS and since > lost_at[0]):
+            return  # new, or back from a request a moment ago with no loss seen since
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:

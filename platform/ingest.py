@@ -100,6 +100,15 @@ def _sqlite_sql(table: Table) -> str:
 
 
 @functools.cache
+def _row_sql(table: Table) -> str:
+    """One row, PostgreSQL: a plain ``INSERT … VALUES`` with one placeholder per column. For a single item it costs
+    psycopg less than building sixteen one-element arrays (measured)."""
+    names = ", ".join(f'"{name}"' for name in _columns(table))
+    values = ", ".join(["%s"] * len(_columns(table)))
+    return f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT (tenant_id, client_id) DO NOTHING"
+
+
+@functools.cache
 def _unnest_sql(table: Table) -> str:
     """``INSERT … SELECT * FROM unnest(array per column)``: one statement with one parameter per column.
 
@@ -127,6 +136,8 @@ def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: lis
     statement over arrays."""
     dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
+    if dialect == "postgresql" and len(rows) == 1:
+        return int(driver_execute(db, _row_sql(table), [rows[0][name] for name in _columns(table)]).rowcount)
     if dialect == "postgresql":
         columns = {name: [row[name] for row in rows] for name in _columns(table)}
         return int(driver_execute(db, _unnest_sql(table), columns).rowcount)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 
 import pytest
-from sqlalchemy import column, select, table
+from sqlalchemy import column, select, table, text
 from sqlalchemy.exc import DBAPIError
 
+import flywheel.db
 from flywheel.app import create_app
 from flywheel.config import Settings
+from flywheel.context import get_db
 from flywheel.db import HotStatement
+from flywheel.models.core import Prediction
 
 from support import World, prediction
 
@@ -82,3 +85,34 @@ def test_hot_statements_raise_database_errors_as_sqlalchemy_does(db) -> None:
     with db.session() as session, pytest.raises(DBAPIError) as caught:
         missing.cursor(session, {})
     assert "no_such_table" in str(caught.value.orig)
+
+
+def test_a_connection_the_server_drops_fails_one_request_and_the_pool_heals(
+    db, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled PostgreSQL connections are pinged only after idling or after a loss: not one round trip a request."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the server dropping a connection: PostgreSQL only")
+    app = create_app(Settings(database_url=db.url))  # its own pool
+    client = app.test_client()
+    headers = world.auth(world.acme_rw)
+
+    def post(i: int) -> int:
+        return client.post("/v1/predictions", json={"predictions": [prediction(f"d{i}")]}, headers=headers).status_code
+
+    def drop_the_pooled_connection() -> None:
+        with app.app_context(), get_db().engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with db.engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+
+    assert post(0) == 201
+    drop_the_pooled_connection()
+    assert post(1) == 503  # used a moment ago, not pinged: the request the outage hits
+    assert post(2) == 201  # a loss was seen: pooled connections are pinged, the dead one replaced
+    monkeypatch.setattr(flywheel.db, "IDLE_PING_SECONDS", 0.0)
+    drop_the_pooled_connection()
+    assert post(3) == 201  # idle: pinged before use, replaced, no request fails
+    with db.session() as session:
+        stored = session.scalars(select(Prediction.client_id).where(Prediction.client_id.like("d%"))).all()
+        assert sorted(stored) == ["d0", "d2", "d3"]
