@@ -43,12 +43,13 @@ def label_weights(
         w = (1 − η)·p / ((1 − η)·p + η·(1 − p) / (K − 1))
 
     A label the models agree with keeps a weight near 1; a doubtful one that the pass did not leave out still
-    trains, at the weight its evidence supports (banking77 at 20% noise: +0.3 points over training every kept
-    label at full weight, on average over 5 seeds at 3,400 labels, every seed higher; bench/cleaning_gain.py,
-    ``weighted``). ``trust`` (the ``trusted_share``) moves the weights toward 1 when there are too few labels per
-    class for the out-of-sample model to be believed, and a label of a class with fewer than ``min_class_labels``
-    labels keeps full weight (as ``exclusion_mask`` never drops one). cleanlab ranks labels (quality scores) and
-    counts the wrong ones, but has no per-label probability of being right; this is that.
+    trains, at the weight its evidence supports (banking77 at 20% noise, over training every kept label at full
+    weight: +0.1 to +0.4 points at 300 to 3,600 labels in bench/cleaning_gain.py, ``weighted``; +0.3 on average
+    over 5 seeds at 3,400 labels, every seed higher). ``trust`` (the ``trusted_share``) moves the weights toward 1
+    when there are too few labels per class for the out-of-sample model to be believed, and a label of a class
+    with fewer than ``min_class_labels`` labels keeps full weight (as ``exclusion_mask`` never drops one).
+    cleanlab ranks labels (quality scores) and counts the wrong ones, but has no per-label probability of being
+    right; this is that.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
