@@ -440,15 +440,16 @@ class FineTunedClassifier:
             return out
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+
+        def encode(idx: np.ndarray, tensors: str) -> Any:
+            batch = [texts[i] for i in idx]
+            return self.tokenizer(
+                batch, padding=True, truncation=True, max_length=self.max_length, return_tensors=tensors
+            )
+
         if self.session is not None:
             for idx in batches:
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="np",
-                )
+                enc = encode(idx, "np")
                 feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
                 out[idx] = self.session.run(["logits"], feeds)[0]
             return out
@@ -457,14 +458,9 @@ class FineTunedClassifier:
         self.model.eval()
         with torch.inference_mode():
             for idx in batches:
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                enc = {
+                    k: v.to(self.device) for k, v in encode(idx, "pt").items() if k in ("input_ids", "attention_mask")
+                }
                 out[idx] = self.model(**enc).logits.float().cpu().numpy()
         return out
 
