@@ -76,11 +76,11 @@ def _ping_when_idle(engine: Engine) -> None:
     meanwhile) or when any connection has been found lost since it was last used; a failed ping discards it and
     the pool opens a fresh one.
 
-    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more network round trip per request (about 60 µs
-    on loopback; five round trips made a single-item ingest, measured). A connection handed back a moment ago
-    is as good as the request that used it proved; if the server goes away in between, the request fails as any
-    request the outage hits does (503, ``Retry-After``), and every other pooled connection is pinged before its
-    next use."""
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more network round trip per request (25–60 µs on
+    loopback here, idle to loaded; it was one of the five a single-item ingest made). A connection handed back a
+    moment ago is as good as the request that used it proved; if the server goes away in between, the request
+    fails as any request the outage hits does (503, ``Retry-After``), and every other pooled connection is pinged
+    before its next use."""
     lost_at = [-math.inf]
 
     @event.listens_for(engine, "invalidate")
