@@ -133,7 +133,7 @@ def _unnest_sql(table: Table) -> str:
 def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: list[dict[str, Any]]) -> int:
     """INSERT … ON CONFLICT (tenant_id, client_id) DO NOTHING, straight to the driver; returns how many rows were
     inserted. SQLite: ``executemany`` of one prepared statement (what the raw-SQL baseline does); PostgreSQL: one
-    statement over arrays."""
+    statement over arrays, or a plain ``VALUES`` for a single row."""
     dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
     if dialect == "postgresql" and len(rows) == 1:
