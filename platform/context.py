@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
     from sqlalchemy.orm import Session
 
+    from flywheel.auth import KeyCache
     from flywheel.config import Settings
     from flywheel.db import Database
     from flywheel.ingest import TaskCatalog
@@ -27,16 +28,22 @@ def get_settings() -> Settings:
     return settings
 
 
+def get_keys() -> KeyCache:
+    keys: KeyCache = current_app.extensions[EXTENSION]["keys"]
+    return keys
+
+
 def get_tasks() -> TaskCatalog:
     tasks: TaskCatalog = current_app.extensions[EXTENSION]["tasks"]
     return tasks
 
 
 def get_connection() -> Connection:
-    """The request's connection and its one transaction, opened on first use. Hot paths (the key lookup,
-    ingestion) run on it directly; an ORM view's session joins it (:func:`get_session`)."""
+    """The request's connection (the worker thread's own, :class:`~flywheel.db.HeldConnections`) and its one
+    transaction, begun on first use. Hot paths (the key lookup, ingestion) run on it directly; an ORM view's session
+    joins it (:func:`get_session`)."""
     if "connection" not in g:
-        g.connection = get_db().engine.connect()
+        g.connection = get_db().held.acquire()
     connection: Connection = g.connection
     return connection
 
@@ -54,6 +61,5 @@ def close_session(_exc: BaseException | None = None) -> None:
     session = g.pop("session", None)
     if session is not None:
         session.close()
-    connection = g.pop("connection", None)
-    if connection is not None:
-        connection.close()  # rolls back whatever the view did not commit
+    if g.pop("connection", None) is not None:
+        get_db().held.release()  # rolls back whatever the view did not commit; the thread keeps the connection

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import sqlite3
+import threading
+import time
 
 import pytest
-from sqlalchemy import column, select, table, text
+from sqlalchemy import column, func, insert, select, table, text
 from sqlalchemy.exc import DBAPIError
 
 import flywheel.db
 from flywheel.app import create_app
 from flywheel.config import Settings
-from flywheel.context import get_db
-from flywheel.db import HotStatement
-from flywheel.models.core import Prediction
+from flywheel.context import get_connection
+from flywheel.db import Database, HotStatement
+from flywheel.models.core import Prediction, Tenant
 
 from support import World, prediction
 
@@ -90,7 +94,7 @@ def test_hot_statements_raise_database_errors_as_sqlalchemy_does(db) -> None:
 def test_a_connection_the_server_drops_fails_one_request_and_the_pool_heals(
     db, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pooled PostgreSQL connections are pinged only after idling or after a loss: not one round trip a request."""
+    """A thread's PostgreSQL connection is pinged only after idling or after a loss: not one round trip a request."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("the server dropping a connection: PostgreSQL only")
     app = create_app(Settings(database_url=db.url))  # its own pool
@@ -100,19 +104,82 @@ def test_a_connection_the_server_drops_fails_one_request_and_the_pool_heals(
     def post(i: int) -> int:
         return client.post("/v1/predictions", json={"predictions": [prediction(f"d{i}")]}, headers=headers).status_code
 
-    def drop_the_pooled_connection() -> None:
-        with app.app_context(), get_db().engine.connect() as conn:
-            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    def drop_the_held_connection() -> None:
+        with app.test_request_context():  # this thread's request connection, the one the test client's requests use
+            pid = get_connection().execute(text("SELECT pg_backend_pid()")).scalar_one()
         with db.engine.connect() as admin:
             assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
 
     assert post(0) == 201
-    drop_the_pooled_connection()
+    drop_the_held_connection()
     assert post(1) == 503  # used a moment ago, not pinged: the request the outage hits
-    assert post(2) == 201  # a loss was seen: pooled connections are pinged, the dead one replaced
+    assert post(2) == 201  # the lost connection was replaced
     monkeypatch.setattr(flywheel.db, "IDLE_PING_SECONDS", 0.0)
-    drop_the_pooled_connection()
+    drop_the_held_connection()
     assert post(3) == 201  # idle: pinged before use, replaced, no request fails
     with db.session() as session:
         stored = session.scalars(select(Prediction.client_id).where(Prediction.client_id.like("d%"))).all()
         assert sorted(stored) == ["d0", "d2", "d3"]
+
+
+def test_a_worker_thread_keeps_its_connection_and_each_request_ends_its_transaction(
+    db: Database, settings: Settings
+) -> None:
+    own = Database(db.url)  # a pool of its own, to count what is checked out
+    app = create_app(settings, db=own)
+    seen: list[int] = []
+
+    def two_requests() -> None:
+        for i in range(2):
+            with app.test_request_context():
+                connection = get_connection()
+                seen.append(id(connection.connection.driver_connection))
+                stored = connection.execute(select(func.count()).select_from(Tenant)).scalar_one()
+                assert stored == 0  # the first request's insert was never committed
+                assert connection.in_transaction()
+                connection.execute(insert(Tenant).values(slug=f"t{i}", name="T"))  # left uncommitted
+        assert own.engine.pool.checkedout() == 1  # kept by the thread between its requests
+
+    worker = threading.Thread(target=two_requests)
+    worker.start()
+    worker.join()
+    gc.collect()
+    assert seen[0] == seen[1]  # one connection for both requests
+    assert own.engine.pool.checkedout() == 0  # the thread ended: its connection went back to the pool
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Tenant)) == 0  # teardown rolled both back
+    own.dispose()
+
+
+def test_sqlite_checkpoints_its_log_in_the_background_not_in_commits(tmp_path) -> None:
+    path = tmp_path / "wal.db"
+    before = sum(t.name == "wal-checkpoint" for t in threading.enumerate())
+    db = Database(f"sqlite:///{path}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0  # commits never checkpoint
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+        conn.commit()
+        for i in range(50):
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", (i,))
+            conn.commit()
+    assert sum(t.name == "wal-checkpoint" for t in threading.enumerate()) == before + 1
+
+    def in_the_database_file() -> int:
+        """Rows in the main file alone (``immutable`` reads ignore the log): they get there only by a checkpoint."""
+        reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return int(reader.execute("SELECT count(*) FROM t").fetchone()[0])
+        except sqlite3.OperationalError:  # the table itself is still only in the log
+            return 0
+        finally:
+            reader.close()
+
+    deadline = time.monotonic() + 10
+    while in_the_database_file() < 50 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_the_database_file() == 50
+    db.dispose()  # stops its checkpointer
+    deadline = time.monotonic() + 10
+    while sum(t.name == "wal-checkpoint" for t in threading.enumerate()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(t.name == "wal-checkpoint" for t in threading.enumerate()) == before
