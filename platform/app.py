@@ -11,6 +11,7 @@ from importlib import import_module
 from flask import Flask, Response, g, request
 
 from flywheel import errors, logs, metrics
+from flywheel.auth import KeyCache
 from flywheel.config import Settings
 from flywheel.context import EXTENSION, close_session, get_db, get_session, get_settings
 from flywheel.db import Database
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         "db": db or Database(settings.database_url),
         "settings": settings,
         "tasks": TaskCatalog(),
+        "keys": KeyCache(settings.key_cache_seconds),
     }
     errors.init_app(app)
     app.teardown_appcontext(close_session)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -95,7 +98,7 @@ class Principal:
         return self.is_admin or self.tenant_id == tenant_id
 
 
-# Every request runs this: one statement, columns only (no ORM objects, no lazy load of the tenant).
+# A key cache miss runs this: one statement, columns only (no ORM objects, no lazy load of the tenant).
 _KEY_LOOKUP = HotStatement(
     select(ApiKey.id, ApiKey.tenant_id, Tenant.slug, ApiKey.scopes)
     .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
@@ -103,12 +106,54 @@ _KEY_LOOKUP = HotStatement(
 )
 
 
-def authenticate(db: Connection | Session, authorization: str | None) -> Principal:
+class KeyCache:
+    """The principals of API keys this process has found, trusted for ``ttl`` seconds without a lookup.
+
+    The lookup is one query on every request: ~22 µs of a single-item POST's time under gunicorn and ~35 µs of its
+    CPU (measured, SQLite), and a network round trip on PostgreSQL. A key revoked through the API is dropped at once
+    by the process that revoked it; other processes (the other workers, a ``flywheel keys revoke``) stop accepting
+    it within ``ttl`` seconds. Only keys found are kept, so a key just created works at once and unknown keys cannot
+    fill the cache. ``ttl`` 0 turns it off. cachetools' TTLCache, behind a lock: the worker's threads share it.
+    """
+
+    def __init__(self, ttl: float, maxsize: int = 10_000) -> None:
+        self._principals: TTLCache[str, Principal] | None = TTLCache(maxsize, ttl) if ttl > 0 else None
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        if self._principals is None:
+            return None
+        with self._lock:
+            return self._principals.get(key_hash)
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self._principals is not None:
+            with self._lock:
+                self._principals[key_hash] = principal
+
+    def forget(self, key_id: int) -> None:
+        """Drop a key at once (it was revoked)."""
+        if self._principals is not None:
+            with self._lock:
+                for key_hash in [h for h, p in self._principals.items() if p.key_id == key_id]:
+                    del self._principals[key_hash]
+
+
+def authenticate(
+    authorization: str | None, connection: Callable[[], Connection | Session], keys: KeyCache | None = None
+) -> Principal:
+    """The caller's principal from ``Authorization: Bearer <key>``: from ``keys`` when it holds the key, otherwise
+    looked up on ``connection()`` (called only then) and kept in ``keys``."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized()
-    key = authorization.removeprefix("Bearer ").strip()
-    row = _KEY_LOOKUP.cursor(db, {"key_hash": hash_key(key)}).fetchone()
+    key_hash = hash_key(authorization.removeprefix("Bearer ").strip())
+    if keys is not None and (principal := keys.get(key_hash)) is not None:
+        return principal
+    row = _KEY_LOOKUP.cursor(connection(), {"key_hash": key_hash}).fetchone()
     if row is None:
         raise Unauthorized("unknown or revoked API key")
     key_id, tenant_id, slug, scopes = row
-    return Principal(key_id=key_id, tenant_id=tenant_id, tenant_slug=slug, scopes=split_scopes(scopes))
+    principal = Principal(key_id=key_id, tenant_id=tenant_id, tenant_slug=slug, scopes=split_scopes(scopes))
+    if keys is not None:
+        keys.put(key_hash, principal)
+    return principal

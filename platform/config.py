@@ -22,6 +22,8 @@ class Settings:
     workers: int = 2
     threads: int = 4  # gthread worker threads: keep-alive connections and concurrent requests per worker
     log_level: str = "INFO"
+    # API keys a process has seen are trusted this long without a lookup; 0 looks every request's key up.
+    key_cache_seconds: float = 1.0
     # Ingestion limits (API.md).
     max_batch_items: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from flywheel.app import create_app
 from flywheel.auth import hash_key
+from flywheel.config import Settings
+from flywheel.db import Database, utcnow
 from flywheel.models.core import ApiKey
 
 from support import World, prediction
@@ -63,6 +66,26 @@ def test_revoked_key_is_401_and_keys_are_stored_only_as_hashes(client, world: Wo
     listed = client.get("/v1/keys", headers=world.auth(world.admin)).json["items"]
     assert all("key" not in k for k in listed)
     assert client.delete(f"/v1/keys/{key_id}", headers=world.auth(world.admin)).status_code == 200
+    assert client.get("/v1/tasks", headers=world.auth(secret)).status_code == 401
+
+
+def test_a_process_trusts_a_key_it_has_seen_for_key_cache_seconds_and_drops_one_it_revokes(
+    db: Database, world: World, settings: Settings
+) -> None:
+    client = create_app(settings.with_(key_cache_seconds=60), db=db).test_client()
+    reader, admin = world.auth(world.acme_read), world.auth(world.admin)
+    assert client.get("/v1/tasks", headers=reader).status_code == 200
+    # Revoked by another process (here: straight in the database). This one trusts what it saw, up to a minute here.
+    with db.session() as session:
+        session.execute(update(ApiKey).where(ApiKey.key_hash == hash_key(world.acme_read)).values(revoked_at=utcnow()))
+    assert client.get("/v1/tasks", headers=reader).status_code == 200
+    uncached = create_app(settings.with_(key_cache_seconds=0), db=db).test_client()
+    assert uncached.get("/v1/tasks", headers=reader).status_code == 401  # no cache: seen at once
+    # Revoked through this process's API: dropped at once, whatever the cache's lifetime.
+    r = client.post("/v1/keys", json={"tenant": "acme", "scopes": ["read"]}, headers=admin)
+    secret, key_id = r.json["key"], r.json["id"]
+    assert client.get("/v1/tasks", headers=world.auth(secret)).status_code == 200
+    assert client.delete(f"/v1/keys/{key_id}", headers=admin).status_code == 200
     assert client.get("/v1/tasks", headers=world.auth(secret)).status_code == 401
 
 

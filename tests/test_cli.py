@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -35,13 +36,14 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         task = session.scalar(select(Task).where(Task.name == "intent"))
         assert task is not None and task.labels == ["card_arrival", "card_linking", "exchange_rate"]
         assert task.label_descriptions == {"card_arrival": "the customer waits for a card"}
-    client = create_app(Settings(database_url=url), db=db).test_client()
+    client = create_app(Settings(database_url=url, key_cache_seconds=0.2), db=db).test_client()
     assert client.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert client.get("/v1/tenants", headers={"Authorization": f"Bearer {key}"}).status_code == 403
     assert client.get("/v1/tenants", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
     listing = run(url, "keys", "list")
     assert key not in listing and admin not in listing
     run(url, "keys", "revoke", "1")
+    time.sleep(0.25)  # another process revoked it: the app lets it go within key_cache_seconds
     assert client.get("/v1/tasks", headers={"Authorization": f"Bearer {key}"}).status_code == 401
 
 
@@ -60,5 +62,5 @@ def test_bootstrap_admin_key_only_on_an_empty_database(tmp_path: Path) -> None:
     db = Database(url)
     first = bootstrap_admin_key(db)
     assert first is not None and bootstrap_admin_key(db) is None
-    client = create_app(Settings(database_url=url), db=db).test_client()
+    client = create_app(Settings(database_url=url, key_cache_seconds=0.2), db=db).test_client()
     assert client.get("/v1/tenants", headers={"Authorization": f"Bearer {first}"}).status_code == 200

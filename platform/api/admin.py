@@ -10,7 +10,7 @@ from flywheel.api.schemas import KeyCreated, KeyIn, KeyList, KeyOut, TenantIn, T
 from flywheel.api.serializers import key_out, tenant_out
 from flywheel.api.spec import json_response, operation
 from flywheel.auth import Principal, create_key
-from flywheel.context import get_session
+from flywheel.context import get_keys, get_session
 from flywheel.errors import NotFound
 from flywheel.models.core import ApiKey, Tenant
 
@@ -59,4 +59,5 @@ def delete_key(key_id: int, *, principal: Principal) -> Response:
     row = revoke_key(session, key_id)
     out = key_out(row)
     session.commit()
+    get_keys().forget(key_id)  # at once here; the other processes' caches let it go within key_cache_seconds
     return json_response(out)

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from flywheel.auth import Principal, authenticate
-from flywheel.context import get_connection
+from flywheel.context import get_connection, get_keys
 from flywheel.errors import BadRequest, PayloadTooLarge, Unprocessable
 from flywheel.ingest import Batch
 
@@ -137,7 +137,7 @@ def operation(
         def wrapper(**path_args: Any) -> Any:
             kwargs: dict[str, Any] = dict(path_args)
             if scope is not None:
-                principal: Principal = authenticate(get_connection(), request.headers.get("Authorization"))
+                principal: Principal = authenticate(request.headers.get("Authorization"), get_connection, get_keys())
                 kwargs["principal"] = principal.require(scope)
                 g.principal = principal
             if query is not None:
