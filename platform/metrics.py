@@ -14,6 +14,9 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 ROWS_INGESTED = Counter("flywheel_rows_ingested_total", "Rows stored by ingestion", ["kind"])
+# Bound once: ``labels()`` finds the child under a lock on every call, on the ingestion path.
+PREDICTIONS_INGESTED = ROWS_INGESTED.labels(kind="prediction")
+FEEDBACK_INGESTED = ROWS_INGESTED.labels(kind="feedback")
 JOB_RUNS = Counter("flywheel_job_runs_total", "Background job runs", ["job", "outcome"])
 
 

@@ -81,7 +81,7 @@ def post_predict(*, principal: Principal, body: PredictRequest) -> Response:
         session, tenant, task, [ServeInput(i.id, i.text, i.metadata, i.created_at) for i in body.inputs]
     )
     session.commit()
-    metrics.ROWS_INGESTED.labels(kind="prediction").inc(len(served))
+    metrics.PREDICTIONS_INGESTED.inc(len(served))
     return json_response(
         PredictResponse(
             predictions=[

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
+from prometheus_client import Counter
 from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.orm import Session
 
@@ -43,7 +44,7 @@ def _ingest(
     item: type[PredictionIn] | type[FeedbackIn],
     batch: type[PredictionBatch] | type[FeedbackBatch],
     store: Callable[..., IngestStored],
-    kind: str,
+    stored: Counter,
 ) -> Response:
     """Parse, check the size, store atomically, commit: 201 when anything was stored, 200 for a pure replay."""
     parsed = parse_batch(request.get_data(cache=False), root=root, item=item, batch=batch)
@@ -52,7 +53,7 @@ def _ingest(
         raise PayloadTooLarge(f"{parsed.size} {root} items in one request; the limit is {limit}")
     result = store(db, principal.own_tenant_id(), parsed.items, batch=parsed)
     db.commit()
-    metrics.ROWS_INGESTED.labels(kind=kind).inc(result.accepted)
+    stored.inc(result.accepted)
     body = IngestResult(accepted=result.accepted, duplicates=result.duplicates)
     return json_response(body, 201 if result.accepted else 200)
 
@@ -75,7 +76,7 @@ def post_predictions(*, principal: Principal) -> Response:
         item=PredictionIn,
         batch=PredictionBatch,
         store=functools.partial(ingest_predictions, tasks=get_tasks()),
-        kind="prediction",
+        stored=metrics.PREDICTIONS_INGESTED,
     )
 
 
@@ -97,7 +98,7 @@ def post_feedback(*, principal: Principal) -> Response:
         item=FeedbackIn,
         batch=FeedbackBatch,
         store=ingest_feedback,
-        kind="feedback",
+        stored=metrics.FEEDBACK_INGESTED,
     )
 
 

@@ -12,10 +12,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flywheel.auth import Principal, authenticate
 from flywheel.context import get_connection, get_keys
@@ -70,23 +70,26 @@ def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
 
 
 @functools.cache
-def _either(batch: type[BaseModel], item: type[BaseModel]) -> TypeAdapter[Any]:
-    """A batch ``{root: [...]}`` or one bare item, tried in that order."""
-    either: Any = Annotated[batch | item, Field(union_mode="left_to_right")]
-    return TypeAdapter(either)
+def _batch_start(root: str) -> re.Pattern[bytes]:
+    """How a batch body begins: an object whose first key is ``root`` (a batch has no other key, and an item may not
+    have that one)."""
+    return re.compile(rb'\s*\{\s*"' + re.escape(root.encode()) + rb'"\s*:')
 
 
 def parse_batch(raw: bytes, *, root: str, item: type[BaseModel], batch: type[BaseModel]) -> Batch:
     """Parse ``{root: [...]}`` (or one bare item), validating each item on its own so that a 422 can list every bad
     item by index, including the ones whose problems only the service can see."""
     check_body_size(raw)
-    try:  # the common case, valid: one pass of pydantic's JSON parser over either form
-        parsed = _either(batch, item).validate_json(raw)
+    # The common case, valid: one pass of pydantic's JSON parser, with the model the body's start names. (A union of
+    # both, tried in turn, spent a single item's first try on the batch model: ~2 µs, half of its parse, measured.)
+    is_batch = _batch_start(root).match(raw) is not None
+    try:
+        parsed = (batch if is_batch else item).model_validate_json(raw)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadRequest("the request body is not valid JSON") from None
     else:
-        items = list(getattr(parsed, root)) if isinstance(parsed, batch) else [parsed]
+        items = list(getattr(parsed, root)) if is_batch else [parsed]
         return Batch(items=items, indexes=list(range(len(items))), errors=[], size=len(items))
     doc = json.loads(raw)  # valid JSON (400 above otherwise); now find every problem, item by item
     if isinstance(doc, dict) and root not in doc and "id" in doc:
