@@ -133,11 +133,13 @@ def _unnest_sql(table: Table) -> str:
 def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: list[dict[str, Any]]) -> int:
     """INSERT … ON CONFLICT (tenant_id, client_id) DO NOTHING, straight to the driver; returns how many rows were
     inserted. SQLite: ``executemany`` of one prepared statement (what the raw-SQL baseline does); PostgreSQL: one
-    statement over arrays, or a plain ``VALUES`` for a single row."""
+    statement over arrays. A single row: a plain ``VALUES``, run as its own transaction when the caller has none open
+    (``driver_execute(alone=True)``)."""
     dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
-    if dialect == "postgresql" and len(rows) == 1:
-        return int(driver_execute(db, _row_sql(table), [rows[0][name] for name in _columns(table)]).rowcount)
+    if len(rows) == 1:  # one row is atomic on its own: when the caller has no transaction open, no BEGIN or COMMIT
+        sql = _row_sql(table) if dialect == "postgresql" else _sqlite_sql(table)
+        return int(driver_execute(db, sql, [rows[0][name] for name in _columns(table)], alone=True).rowcount)
     if dialect == "postgresql":
         columns = {name: [row[name] for row in rows] for name in _columns(table)}
         return int(driver_execute(db, _unnest_sql(table), columns).rowcount)

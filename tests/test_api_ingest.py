@@ -9,7 +9,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from flywheel.models.core import Feedback, Prediction
+from flywheel.api.schemas import PredictionIn
+from flywheel.ingest import TaskCatalog, ingest_predictions
+from flywheel.models.core import Feedback, Prediction, Tenant
 
 from support import World, prediction
 
@@ -41,9 +43,49 @@ def test_batch_is_stored_and_a_replay_stores_nothing_new(client, world: World) -
     assert count(world) == 51
 
 
-def test_single_object_body_is_accepted(client, world: World) -> None:
+def test_single_object_body_is_accepted_replayed_and_refused_when_changed(client, world: World) -> None:
     r = post(client, world, prediction("solo"))
     assert (r.status_code, r.json) == (201, {"accepted": 1, "duplicates": 0})
+    r = post(client, world, prediction("solo"))
+    assert (r.status_code, r.json) == (200, {"accepted": 0, "duplicates": 1})
+    assert post(client, world, prediction("solo", text="changed text")).status_code == 409
+    assert count(world) == 1
+
+
+def test_a_single_item_joins_an_open_transaction_and_is_its_own_otherwise(world: World) -> None:
+    """One row is atomic by itself: with no transaction open it needs no BEGIN or COMMIT; inside one, it joins it."""
+    db = world.db
+    with db.session() as session:
+        acme = session.scalar(select(Tenant.id).where(Tenant.slug == "acme"))
+    tasks = TaskCatalog()
+    with db.engine.connect() as connection:
+        tasks.lookup(connection, {"intent"})
+        connection.rollback()
+        ingest_predictions(connection, acme, [PredictionIn.model_validate(prediction("own"))], tasks=tasks)
+        assert not connection.in_transaction()  # its own transaction, already committed
+        connection.begin()
+        ingest_predictions(connection, acme, [PredictionIn.model_validate(prediction("joined"))], tasks=tasks)
+        connection.rollback()
+    with db.session() as session:
+        assert session.scalars(select(Prediction.client_id)).all() == ["own"]
+
+
+def test_concurrent_single_posts_of_one_id_store_it_once(app: Flask, world: World) -> None:
+    results: list[int] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        client = app.test_client()
+        barrier.wait()
+        results.append(post(client, world, prediction("race")).status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] * 5 + [201]
+    assert count(world) == 1
 
 
 def test_same_id_with_other_content_is_409_and_stores_nothing(client, world: World) -> None:
