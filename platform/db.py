@@ -140,8 +140,8 @@ def _configure_sqlite(engine: Engine, checkpointer: WalCheckpointer | None) -> N
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        if checkpointer is not None:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")  # no commit checkpoints: the background thread does
+        if checkpointer is not None:  # commits checkpoint only past a far larger log: the background thread does
+            cursor.execute(f"PRAGMA wal_autocheckpoint={checkpointer.commit_pages}")
             checkpointer.ensure_running()
         cursor.close()
 
@@ -153,18 +153,21 @@ def _configure_sqlite(engine: Engine, checkpointer: WalCheckpointer | None) -> N
 
 
 class WalCheckpointer:
-    """Checkpoints a SQLite database's write-ahead log from a background thread, so that no commit has to.
+    """Checkpoints a SQLite database's write-ahead log from a background thread, so that commits seldom have to.
 
     By default the commit that takes the log past 1,000 pages copies them into the database file and syncs it: on a
     stream of single-item ingests, one commit in ~300 took up to 6 ms, and those were half of all commit time
-    (measured). The engine's connections turn that off (``wal_autocheckpoint=0``); this thread runs ``PRAGMA
-    wal_checkpoint(PASSIVE)`` every :attr:`interval` seconds on a connection of its own. PASSIVE never waits for
-    readers or writers, and the next writer after a complete checkpoint starts the log over, so it stays small.
+    (measured). This thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` every :attr:`interval` seconds on a connection
+    of its own; PASSIVE never waits for readers or writers. The next writer after a complete checkpoint starts the
+    log over, but under a steady stream of writes a background checkpoint never quite completes (new frames arrive
+    while it copies), and the log would grow without bound: so commits still checkpoint, past :attr:`commit_pages`
+    (~40 MB), when they find little left to copy.
 
     One thread per process, started by the process's first connection: threads do not survive a fork, and gunicorn
     forks its workers from the preloaded app. It ends with the engine (:meth:`stop`, or when it is collected)."""
 
     interval = 0.5
+    commit_pages = 10_000
 
     def __init__(self, path: str) -> None:
         self.path = path

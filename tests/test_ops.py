@@ -16,7 +16,7 @@ import flywheel.db
 from flywheel.app import create_app
 from flywheel.config import Settings
 from flywheel.context import get_connection
-from flywheel.db import Database, HotStatement
+from flywheel.db import Database, HotStatement, WalCheckpointer
 from flywheel.models.core import Prediction, Tenant
 
 from support import World, prediction
@@ -151,12 +151,13 @@ def test_a_worker_thread_keeps_its_connection_and_each_request_ends_its_transact
     own.dispose()
 
 
-def test_sqlite_checkpoints_its_log_in_the_background_not_in_commits(tmp_path) -> None:
+def test_sqlite_checkpoints_its_log_in_the_background(tmp_path) -> None:
     path = tmp_path / "wal.db"
     before = sum(t.name == "wal-checkpoint" for t in threading.enumerate())
     db = Database(f"sqlite:///{path}")
     with db.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0  # commits never checkpoint
+        # commits checkpoint only past a far larger log than SQLite's default 1,000 pages
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == WalCheckpointer.commit_pages
         conn.exec_driver_sql("CREATE TABLE t (x)")
         conn.commit()
         for i in range(50):
@@ -183,3 +184,19 @@ def test_sqlite_checkpoints_its_log_in_the_background_not_in_commits(tmp_path) -
     while sum(t.name == "wal-checkpoint" for t in threading.enumerate()) > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sum(t.name == "wal-checkpoint" for t in threading.enumerate()) == before
+
+
+def test_sqlite_log_stays_bounded_under_a_steady_stream_of_commits(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background checkpoint never completes while commits keep coming; commits past ``commit_pages`` do."""
+    monkeypatch.setattr(WalCheckpointer, "commit_pages", 100)  # 400 kB instead of 40 MB, to keep the test short
+    path = tmp_path / "steady.db"
+    db = Database(f"sqlite:///{path}")
+    raw = db.engine.raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    driver.execute("CREATE TABLE t (x)")
+    for _ in range(10_000):  # ~20 MB of rows, one commit each, without a pause
+        driver.execute("INSERT INTO t VALUES (randomblob(2000))")
+    assert path.with_name("steady.db-wal").stat().st_size < 5_000_000
+    raw.close()
+    db.dispose()
