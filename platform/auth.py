@@ -149,7 +149,7 @@ def authenticate(
     key_hash = hash_key(authorization.removeprefix("Bearer ").strip())
     if keys is not None and (principal := keys.get(key_hash)) is not None:
         return principal
-    row = _KEY_LOOKUP.cursor(connection(), {"key_hash": key_hash}).fetchone()
+    row = _KEY_LOOKUP.cursor(connection(), {"key_hash": key_hash}, alone=True).fetchone()  # one read: no BEGIN
     if row is None:
         raise Unauthorized("unknown or revoked API key")
     key_id, tenant_id, slug, scopes = row

@@ -218,9 +218,10 @@ def driver_execute(db: Connection | Session, sql: str, params: Any, *, many: boo
     values already in database form. Driver errors are wrapped as SQLAlchemy wraps them, so the app's error
     handlers (503 for a lost database) see them the same way.
 
-    ``alone``: a statement that is all its caller writes may run as its own transaction when none is open, in the
-    driver's autocommit: no ``BEGIN`` and no ``COMMIT`` of its own (two of a single-item POST's three round trips on
-    PostgreSQL). Inside an open transaction it joins it, as any statement does."""
+    ``alone``: a statement that needs no other in its transaction (one row written, or one consistent read) may run
+    as its own transaction when none is open, in the driver's autocommit: no ``BEGIN`` and no ``COMMIT`` (two of a
+    single-item POST's three round trips on PostgreSQL), and on SQLite no write lock for a read. Inside an open
+    transaction it joins it, as any statement does."""
     connection = connection_of(db)
     alone = alone and not connection.in_transaction()
     if not alone and not connection.in_transaction():
@@ -257,8 +258,9 @@ class HotStatement:
         self.statement = statement
         self._compiled: dict[str, Compiled] = {}
 
-    def cursor(self, db: Connection | Session, params: dict[str, Any]) -> Any:
-        """Execute in the transaction of ``db``; returns the driver's cursor (``fetchone``, ``rowcount``)."""
+    def cursor(self, db: Connection | Session, params: dict[str, Any], *, alone: bool = False) -> Any:
+        """Execute in the transaction of ``db`` (or, ``alone``, as its own when none is open: see
+        :func:`driver_execute`); returns the driver's cursor (``fetchone``, ``rowcount``)."""
         connection = connection_of(db)
         dialect = connection.dialect
         compiled = self._compiled.get(dialect.name)
@@ -266,7 +268,7 @@ class HotStatement:
             compiled = self._compiled[dialect.name] = self.statement.compile(dialect=dialect)
         positions = getattr(compiled, "positiontup", None)
         args = tuple(params[k] for k in positions) if positions else params
-        return driver_execute(connection, compiled.string, args)
+        return driver_execute(connection, compiled.string, args, alone=alone)
 
 
 class HeldConnections:
