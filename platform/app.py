@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = {
-        "db": db or Database(settings.database_url),
+        # Each worker thread keeps a connection (HeldConnections): the pool keeps room for all of them.
+        "db": db or Database(settings.database_url, pool_size=max(5, settings.threads + 1)),
         "settings": settings,
         "tasks": TaskCatalog(),
         "keys": KeyCache(settings.key_cache_seconds),

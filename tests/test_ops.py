@@ -200,3 +200,26 @@ def test_sqlite_log_stays_bounded_under_a_steady_stream_of_commits(tmp_path, mon
     assert path.with_name("steady.db-wal").stat().st_size < 5_000_000
     raw.close()
     db.dispose()
+
+
+def test_the_pool_has_room_for_every_worker_thread_s_connection(settings: Settings) -> None:
+    threads = 20  # more than SQLAlchemy's default pool (5, and 10 more on overflow)
+    app = create_app(settings.with_(threads=threads))
+    all_in = threading.Barrier(threads, timeout=10)
+    failures: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            with app.test_request_context():
+                get_connection()  # checks a connection out of the pool, kept by the thread
+                all_in.wait()  # every thread holds its connection at once
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    workers = [threading.Thread(target=request) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+    app.extensions["flywheel"]["db"].dispose()
