@@ -40,8 +40,8 @@ def get_tasks() -> TaskCatalog:
 
 def get_connection() -> Connection:
     """The request's connection (the worker thread's own, :class:`~flywheel.db.HeldConnections`) and its one
-    transaction, begun on first use. Hot paths (the key lookup, ingestion) run on it directly; an ORM view's session
-    joins it (:func:`get_session`)."""
+    transaction, begun by the first statement that needs one (a statement run ``alone`` is its own). Hot paths (the
+    key lookup, ingestion) run on it directly; an ORM view's session joins it (:func:`get_session`)."""
     if "connection" not in g:
         g.connection = get_db().held.acquire()
     connection: Connection = g.connection

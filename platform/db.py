@@ -149,7 +149,7 @@ def _configure_sqlite(engine: Engine, checkpointer: WalCheckpointer | None) -> N
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so concurrent writers queue instead of failing
         # with "database is locked" when a read transaction tries to upgrade.
-        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # the driver's own call: every request runs it
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # the driver's own call: a hot-path statement
 
 
 class WalCheckpointer:
@@ -223,8 +223,9 @@ def driver_execute(db: Connection | Session, sql: str, params: Any, *, many: boo
     single-item POST's three round trips on PostgreSQL), and on SQLite no write lock for a read. Inside an open
     transaction it joins it, as any statement does."""
     connection = connection_of(db)
-    alone = alone and not connection.in_transaction()
-    if not alone and not connection.in_transaction():
+    in_transaction = connection.in_transaction()
+    alone = alone and not in_transaction
+    if not alone and not in_transaction:
         connection.begin()  # as SQLAlchemy's own execute would (autobegin); the driver alone would autocommit
     dialect = connection.dialect
     dbapi_connection: Any = connection.connection.dbapi_connection

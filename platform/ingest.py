@@ -1,7 +1,8 @@
 """Ingestion services: batches of predictions and feedback, atomic and idempotent on the client id.
 
 Services take the session (or, on the hot path, the connection) first and never commit; the caller (a view, the
-serving path, a job) owns the transaction.
+serving path, a job) owns the transaction. One exception: a single row with no transaction open is its own
+transaction (``driver_execute(alone=True)``); there is nothing else for it to be atomic with.
 """
 
 from __future__ import annotations

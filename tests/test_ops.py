@@ -202,7 +202,7 @@ def test_sqlite_log_stays_bounded_under_a_steady_stream_of_commits(tmp_path, mon
     db.dispose()
 
 
-def test_the_pool_has_room_for_every_worker_thread_s_connection(settings: Settings) -> None:
+def test_the_pool_has_room_for_a_connection_per_worker_thread(settings: Settings) -> None:
     threads = 20  # more than SQLAlchemy's default pool (5, and 10 more on overflow)
     app = create_app(settings.with_(threads=threads))
     all_in = threading.Barrier(threads, timeout=10)
