@@ -4,7 +4,7 @@ model trained on every noisy label and on the true labels, at several training-s
 For each size ``n`` and seed: ``n`` rows of banking77 train, 20% of their labels wrong (uniform to another class; a
 quarter of the wrong ones from one careless source that is always wrong, the rest spread over 200 honest users:
 the simulation's feedback model); out-of-sample probabilities and cleanlab's verdict exactly as the pass computes
-them (``flywheel.feedback.pipeline.check_labels``); then the few-shot head (logistic regression C=10 on the frozen
+them (``flywheel.feedback.checks.check_labels``); then the few-shot head (logistic regression C=10 on the frozen
 embeddings, as ``flywheel.retrain`` trains it) fitted on
 
 - ``uncleaned``: every noisy label; ``true``: the true labels; ``oracle``: the noisy labels minus exactly the
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flywheel.config import Settings
+from flywheel.core.config import Settings
+from flywheel.feedback.checks import CheckConfig, check_labels
 from flywheel.feedback.noise import precision_recall_f1
-from flywheel.feedback.pipeline import CheckConfig, check_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_noise import DATA, embed

@@ -27,11 +27,11 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
 from flywheel.app import create_app
-from flywheel.auth import create_key
-from flywheel.config import Settings
-from flywheel.db import Database
-from flywheel.migrate import upgrade
-from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.core.migrate import upgrade
+from flywheel.domain.auth import create_key
+from flywheel.models.records import Prediction, Task, Tenant
 
 LABELS = [f"intent_{i:02d}" for i in range(20)]
 
@@ -90,7 +90,7 @@ def seed_evaluations(
     conn: Any, tenant_ids: list[int], task_id: int, *, now: datetime, days: int, rng: random.Random
 ) -> None:
     """One SLA per tenant and an hourly evaluation history (what the monitoring job leaves behind)."""
-    from flywheel.models.monitoring import Sla, SlaEvaluation
+    from flywheel.models.slas import Sla, SlaEvaluation
 
     conn.execute(
         insert(Sla.__table__),

@@ -204,7 +204,7 @@ def post_concurrently(port: int, path: str, bodies: list[bytes], key: str, clien
 def raw_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     import hashlib
 
-    from flywheel.ingest import holdout_bucket
+    from flywheel.domain.holdout import holdout_bucket
 
     return [
         {
@@ -284,9 +284,9 @@ def statements_alone(url: str, items: list[dict[str, Any]]) -> float:
     POST can cost, so ``noop / (noop + this)`` bounds the single-item ratio from above for any server that commits
     before it answers.
     """
-    from flywheel.db import make_engine
-    from flywheel.ingest import _row_sql, _sqlite_sql
-    from flywheel.models.core import Prediction
+    from flywheel.core.db import make_engine
+    from flywheel.domain.ingest import _row_sql, _sqlite_sql
+    from flywheel.models.records import Prediction
 
     table = Prediction.__table__
     rows = raw_rows(items)

@@ -5,7 +5,7 @@ other class and class-conditional flips to the most confusable class), it prints
 flagged set against the flipped set for
 
 - ``naive``: the reference pipeline (logistic regression C=1, 5-fold CV, cleanlab's default ``find_label_issues``);
-- ``flywheel``: ``flywheel.feedback.pipeline.check_labels`` with its defaults;
+- ``flywheel``: ``flywheel.feedback.checks.check_labels`` with its defaults;
 
 and the time of each stage (embedding, cross-validation, cleanlab) next to a bare ``find_label_issues`` call on the
 same arrays. Run from the repo root: ``.venv/bin/python bench/label_noise.py`` (``--rows 2000`` for a quick look).
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from flywheel.feedback import cleanlab_adapter
+from flywheel.feedback.checks import CheckConfig, check_labels
 from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
 from flywheel.feedback.oos import OOSConfig, cross_val_probabilities
-from flywheel.feedback.pipeline import CheckConfig, check_labels
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,7 +40,7 @@ def load(name: str, rows: int | None, seed: int) -> tuple[list[str], np.ndarray,
 
 def embed(name: str, texts: list[str], cache_dir: Path | None) -> tuple[np.ndarray, float, bool]:
     """Embeddings of ``texts`` and the seconds they took (read back from the cache when it has them)."""
-    from flywheel.retrain.encoder import load_encoder, text_hash
+    from flywheel.domain.encoder import load_encoder, text_hash
 
     encoder = load_encoder()
     key = text_hash(encoder.id + "\n" + "\n".join(texts))[:16]

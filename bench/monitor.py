@@ -33,11 +33,11 @@ import numpy as np
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.migrate import upgrade
-from flywheel.models.core import Prediction, Task, Tenant
-from flywheel.models.monitoring import Sla
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.core.migrate import upgrade
+from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.slas import Sla
 from flywheel.monitoring import drift as drift_mod
 from flywheel.monitoring.frames import load_drift_inputs
 from flywheel.monitoring.jobs import check_drift, run_monitoring

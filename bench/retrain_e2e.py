@@ -34,15 +34,16 @@ def main() -> None:
 
     import numpy as np
 
-    from flywheel.api.schemas import FeedbackIn, PredictionIn
     from flywheel.app import create_app
-    from flywheel.auth import create_key
-    from flywheel.config import Settings
-    from flywheel.db import Database
-    from flywheel.ingest import ingest_feedback, ingest_predictions
-    from flywheel.migrate import upgrade
-    from flywheel.models.core import Task, Tenant
-    from flywheel.models.registry import TrainingRun
+    from flywheel.core.config import Settings
+    from flywheel.core.db import Database
+    from flywheel.core.migrate import upgrade
+    from flywheel.domain import champions
+    from flywheel.domain.auth import create_key
+    from flywheel.domain.ingest import ingest_feedback, ingest_predictions
+    from flywheel.domain.schemas import FeedbackIn, PredictionIn
+    from flywheel.models.records import Task, Tenant
+    from flywheel.models.training import TrainingRun
     from flywheel.retrain import jobs, registry
 
     train, test = read("train.csv"), read("test.csv")[: args.test_limit]
@@ -100,7 +101,7 @@ def main() -> None:
         run = session.get(TrainingRun, run_id)
         assert run is not None
         metrics, decision, lineage = run.metrics, run.decision, run.lineage
-        champion = registry.champion_for(session, run.task_id, None)
+        champion = champions.champion_for(session, run.task_id, None)
         zero = session.get(type(champion), champion.replaced_id) if champion and champion.replaced_id else champion
     assert champion is not None and zero is not None
 

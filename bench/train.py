@@ -58,11 +58,11 @@ def bare_loop(args: argparse.Namespace, texts: list[str], y_idx: np.ndarray, lab
     scheduler, class weights, gradient clipping or progress reporting."""
     import torch
 
-    from flywheel.retrain.encoder import base_model_path
+    from flywheel.domain.encoder import base_model_path
+    from flywheel.retrain.architectures import load_model_for_training
     from flywheel.retrain.finetune import (
         _autocast,
         collate,
-        load_model_for_training,
         make_batches,
         resolve_precision,
         split_validation,
@@ -116,8 +116,9 @@ def trainer_loop(args: argparse.Namespace, texts: list[str], y_idx: np.ndarray, 
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from flywheel.retrain.encoder import base_model_path
-    from flywheel.retrain.finetune import load_model_for_training, resolve_precision
+    from flywheel.domain.encoder import base_model_path
+    from flywheel.retrain.architectures import load_model_for_training
+    from flywheel.retrain.finetune import resolve_precision
 
     precision = resolve_precision(args.device, args.precision)
     torch.manual_seed(args.seed)
@@ -332,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {what:<44} {figure:>14}  {note}", flush=True)
 
     print(f"banking77: {len(train_x)} train, {len(test_x)} test, {len(labels)} labels; device {args.device} ({card})")
+    from flywheel.domain.encoder import load_encoder
     from flywheel.retrain.classifiers import build_zero_shot, train_few_shot
-    from flywheel.retrain.encoder import load_encoder
 
     if rungs & {"zero", "few"}:
         encoder = load_encoder(args.base, device=args.device)

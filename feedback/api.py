@@ -10,13 +10,13 @@ from flask import Blueprint, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from flywheel.api.schemas import FeedbackOut, LabelName, Name, Strict
-from flywheel.api.serializers import feedback_out
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal
-from flywheel.context import get_session, get_settings
-from flywheel.errors import NotFound
-from flywheel.models.core import Prediction, Task
+from flywheel.core.errors import NotFound
+from flywheel.domain.auth import Principal
+from flywheel.domain.schemas import FeedbackOut, LabelName, Name, Strict
+from flywheel.models.records import Prediction, Task
+from flywheel.web.context import get_session, get_settings
+from flywheel.web.serializers import feedback_out
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("review", __name__, url_prefix="/v1")
 
@@ -203,7 +203,7 @@ def post_review(prediction_id: str, *, principal: Principal, body: ReviewIn, que
 )
 def get_label_quality(*, principal: Principal, query: LabelQualityQuery) -> Response:
     """A source above ``exclude_issue_rate`` (after ``min_labels`` labels) is excluded from training."""
-    from flywheel.feedback.labels import latest_run, run_dict, source_reliability
+    from flywheel.feedback.results import latest_run, run_dict, source_reliability
 
     session = get_session()
     settings = get_settings()

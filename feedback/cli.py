@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flywheel.cli import Context, pass_ctx
+from flywheel.core.cli_context import Context, pass_ctx
 
 
 @click.group("labels")
@@ -22,9 +22,9 @@ def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top
     """Score every label of TENANT/TASK outside the holdout, flag likely errors, rate the feedback sources."""
     from tqdm import tqdm
 
-    from flywheel.errors import ApiError
+    from flywheel.core.errors import ApiError
     from flywheel.feedback.jobs import run_label_quality
-    from flywheel.feedback.labels import source_reliability
+    from flywheel.feedback.results import source_reliability
     from flywheel.feedback.review import review_queue
 
     bar = tqdm(total=100, unit="%", disable=no_progress, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
@@ -66,7 +66,7 @@ def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top
     with ctx.session() as session:
         from sqlalchemy import select
 
-        from flywheel.models.core import Task, Tenant
+        from flywheel.models.records import Task, Tenant
 
         tenant = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug))
         task = session.scalar(select(Task).where(Task.name == task_name))

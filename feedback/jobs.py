@@ -4,12 +4,12 @@ Stages (each reported through ``progress(fraction, message)`` and on the run's s
 
 1. load the labeled predictions outside the evaluation holdout (``bucket >= holdout_percent``: the holdout is never
    scored, filtered or relabeled here), their feedback, and the newest unlabeled predictions;
-2. embeddings through the cache (``flywheel.feedback.embeddings``);
+2. embeddings through the cache (``flywheel.domain.embeddings``);
 3. out-of-sample probabilities (K-fold CV on the embeddings, averaged with logged probabilities of our own served
    models where those never trained on the example) and the effective-label consensus: CROWDLAB once enough
    predictions carry labels from two or more sources, the documented precedence rule before that;
 4. cleanlab's label issues on the consensus labels (all go to review; training leaves out the share the evidence
-   supports, ``flywheel.feedback.pipeline.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
+   supports, ``flywheel.feedback.checks.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
    predictions;
 5. one transaction replaces the (tenant, task)'s results, records source stats, re-derives effective labels and
    closes the run row.
@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.errors import NotFound
-from flywheel.feedback.effective import SOURCE_PRIORITY, Vote, resolve
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.labels import LabelQualityResult, LabelQualityRun, LabelSourceStat
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.core.errors import NotFound
+from flywheel.domain.effective import SOURCE_PRIORITY, Vote, resolve
+from flywheel.domain.holdout import outside_holdout
+from flywheel.models.label_quality import LabelQualityResult, LabelQualityRun, LabelSourceStat
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _resolve_scope(db: Database, tenant: str | int, task: str | int) -> tuple[in
 
 
 def _load(db: Database, settings: Settings, tenant_id: int, task_id: int) -> _Data:
-    from flywheel.models.registry import ModelVersion
+    from flywheel.models.training import ModelVersion
 
     with db.session() as session:
         task = session.get(Task, task_id)
@@ -119,7 +120,7 @@ def _load(db: Database, settings: Settings, tenant_id: int, task_id: int) -> _Da
                 Prediction.task_id == task_id,
                 Prediction.effective_label.is_not(None),
                 Prediction.label_discarded.is_(False),
-                Prediction.bucket >= settings.holdout_percent,
+                outside_holdout(settings.holdout_percent),
             )
             .order_by(Prediction.id)
         ).all()
@@ -172,7 +173,7 @@ def _pooled_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings ``(M, D)`` and label ids ``(M,)`` of the task's other tenants' labeled predictions, holdouts
     excluded (they are never used to judge labels)."""
-    from flywheel.feedback.embeddings import get_embeddings
+    from flywheel.domain.embeddings import get_embeddings
 
     with db.session() as session:
         rows = session.execute(
@@ -181,7 +182,7 @@ def _pooled_rows(
                 Prediction.tenant_id != tenant_id,
                 Prediction.effective_label.is_not(None),
                 Prediction.label_discarded.is_(False),
-                Prediction.bucket >= settings.holdout_percent,
+                outside_holdout(settings.holdout_percent),
             )
         ).all()
         pool = [(text, label) for text, label in rows if label is not None and label in index]
@@ -265,10 +266,10 @@ def _run(
     encoder: Any | None,
     progress: Progress | None,
 ) -> PassResult:
+    from flywheel.domain.embeddings import get_embeddings
     from flywheel.feedback import cleanlab_adapter
-    from flywheel.feedback.embeddings import get_embeddings
+    from flywheel.feedback.checks import exclusion_mask, label_weights, trusted_share
     from flywheel.feedback.oos import OOSConfig, OOSProbabilities, fit_predict_unlabeled, out_of_sample_probabilities
-    from flywheel.feedback.pipeline import exclusion_mask, label_weights, trusted_share
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -288,7 +289,7 @@ def _run(
     # 2. embeddings, through the cache, in steps so that progress is visible
     t = time.perf_counter()
     if encoder is None:
-        from flywheel.retrain.encoder import load_encoder
+        from flywheel.domain.encoder import load_encoder
 
         encoder = load_encoder(settings.base_model or None)
     texts = [it.text for it in items]
@@ -462,7 +463,7 @@ def _consensus(items: list[_Item], probs: np.ndarray, index: dict[str, int], set
     """CROWDLAB over non-reviewer labels once ``crowdlab_min_overlap`` predictions have two or more annotators.
 
     Before that (and for predictions with a reviewer decision, or a single annotator), the precedence rule of
-    ``flywheel.feedback.effective`` stands, with consensus quality = the share of annotators agreeing with it.
+    ``flywheel.domain.effective`` stands, with consensus quality = the share of annotators agreeing with it.
     """
     from flywheel.feedback import cleanlab_adapter
 
@@ -596,7 +597,7 @@ def _finish(
     summary: dict[str, Any],
     progress: Progress | None,
 ) -> PassResult:
-    from flywheel.feedback.effective import apply_rule
+    from flywheel.domain.effective import apply_rule
 
     n_labeled = n_issues = n_unlabeled = 0
     with db.session() as session:

@@ -19,10 +19,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flywheel.errors import Unprocessable
-from flywheel.feedback.labels import reviewed
-from flywheel.models.core import Feedback, Prediction, Task
-from flywheel.models.labels import LabelQualityResult
+from flywheel.core.errors import Unprocessable
+from flywheel.domain.training_labels import reviewed
+from flywheel.models.label_quality import LabelQualityResult
+from flywheel.models.records import Feedback, Prediction, Task
 
 KINDS = ("label_issue", "uncertain")
 DECISIONS = ("keep", "relabel", "discard")
@@ -229,7 +229,7 @@ def record_decision(
     ``keep`` confirms the current effective label (or the predicted one when nobody labeled it); ``relabel`` needs
     a label of the task; ``discard`` stores no label and removes the prediction from training and SLA figures.
     """
-    from flywheel.ingest import record_feedback
+    from flywheel.domain.ingest import record_feedback
 
     task = session.get(Task, prediction.task_id)
     assert task is not None

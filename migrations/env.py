@@ -7,8 +7,8 @@ from typing import Any
 from alembic import context
 
 import flywheel.models  # noqa: F401  (registers every table on the metadata)
-from flywheel.config import Settings
-from flywheel.db import Base, make_engine
+from flywheel.core.config import Settings
+from flywheel.core.db import Base, make_engine
 
 config = context.config
 

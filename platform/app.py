@@ -6,31 +6,22 @@ import gc
 import logging
 import secrets
 import time
-from importlib import import_module
 
 from flask import Flask, Response, g, request
 
-from flywheel import errors, logs, metrics
-from flywheel.auth import KeyCache
-from flywheel.config import Settings
-from flywheel.context import EXTENSION, close_session, get_db, get_session, get_settings
-from flywheel.db import Database
-from flywheel.ingest import TaskCatalog
+from flywheel.api import admin, ops, predict, predictions, tasks
+from flywheel.core import errors, logs, metrics
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.dashboard import views as dashboard_views
+from flywheel.domain.auth import KeyCache
+from flywheel.domain.ingest import TaskCatalog
+from flywheel.feedback import api as feedback_api
+from flywheel.monitoring import api as monitoring_api
+from flywheel.retrain import api as retrain_api
+from flywheel.web.context import EXTENSION, close_session, get_db, get_session, get_settings
 
 __all__ = ["create_app", "create_server_app", "get_db", "get_session", "get_settings"]
-
-# "module:attribute" of every blueprint; each area adds its own line.
-BLUEPRINTS = [
-    "flywheel.api.ops:bp",
-    "flywheel.api.admin:bp",
-    "flywheel.api.tasks:bp",
-    "flywheel.api.predictions:bp",
-    "flywheel.dashboard.views:bp",
-    "flywheel.api.predict:bp",
-    "flywheel.retrain.api:bp",
-    "flywheel.feedback.api:bp",
-    "flywheel.monitoring.api:bp",
-]
 
 log = logging.getLogger("flywheel.http")
 
@@ -59,9 +50,18 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     errors.init_app(app)
     app.teardown_appcontext(close_session)
     _instrument(app)
-    for target in BLUEPRINTS:
-        module, _, attr = target.partition(":")
-        app.register_blueprint(getattr(import_module(module), attr))
+    for blueprint in (
+        ops.bp,
+        admin.bp,
+        tasks.bp,
+        predictions.bp,
+        dashboard_views.bp,
+        predict.bp,
+        retrain_api.bp,
+        feedback_api.bp,
+        monitoring_api.bp,
+    ):
+        app.register_blueprint(blueprint)
     return app
 
 

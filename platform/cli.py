@@ -2,55 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from flywheel.config import Settings
-from flywheel.context import EXTENSION
-from flywheel.db import Database
-from flywheel.errors import ApiError
-
-# "module:attribute" of every command or group that other areas add; each area adds its own line.
-COMMANDS: list[str] = [
-    "flywheel.retrain.cli:retrain",
-    "flywheel.retrain.cli:scheduler",
-    "flywheel.monitoring.cli:monitor",
-    "flywheel.feedback.cli:labels",
-    "flywheel.simulation:simulate_command",
-]
-
-
-class Context:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._db: Database | None = None
-
-    @property
-    def db(self) -> Database:
-        if self._db is None:
-            self._db = Database(self.settings.database_url)
-        return self._db
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        try:
-            with self.db.session() as session:
-                yield session
-        except ApiError as exc:
-            raise click.ClickException(exc.detail) from None
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-pass_ctx = click.make_pass_decorator(Context)
+from flywheel.core.cli_context import Context, pass_ctx
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.feedback.cli import labels
+from flywheel.monitoring.cli import monitor
+from flywheel.retrain.cli import retrain
+from flywheel.simulation import simulate_command
+from flywheel.web.context import EXTENSION
 
 
 @click.group()
@@ -74,7 +41,7 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Apply every pending migration."""
-    from flywheel.migrate import upgrade
+    from flywheel.core.migrate import upgrade
 
     upgrade(ctx.db.engine)
     click.echo(f"database at the latest revision: {ctx.db.engine.url.render_as_string(hide_password=True)}", err=True)
@@ -95,7 +62,7 @@ def tenants() -> None:
 @pass_ctx
 def tenants_create(ctx: Context, slug: str, name: str, webhook_url: str | None) -> None:
     """Create a tenant."""
-    from flywheel.admin import create_tenant
+    from flywheel.domain.tenants import create_tenant
 
     with ctx.session() as session:
         create_tenant(session, slug=slug, name=name, webhook_url=webhook_url)
@@ -106,7 +73,7 @@ def tenants_create(ctx: Context, slug: str, name: str, webhook_url: str | None) 
 @pass_ctx
 def tenants_list(ctx: Context) -> None:
     """List tenants."""
-    from flywheel.models.core import Tenant
+    from flywheel.models.records import Tenant
 
     with ctx.session() as session:
         for t in session.scalars(select(Tenant).order_by(Tenant.slug)):
@@ -126,8 +93,8 @@ def keys() -> None:
 @pass_ctx
 def keys_create(ctx: Context, tenant: str | None, scopes: str, admin: bool, name: str | None) -> None:
     """Create a key; the key is printed alone on the last line (capture it with `| tail -n 1`)."""
-    from flywheel.auth import create_key, parse_scopes
-    from flywheel.models.core import Tenant
+    from flywheel.domain.auth import create_key, parse_scopes
+    from flywheel.models.records import Tenant
 
     if not admin and tenant is None:
         raise click.UsageError("give --tenant, or --admin for an admin key")
@@ -147,7 +114,7 @@ def keys_create(ctx: Context, tenant: str | None, scopes: str, admin: bool, name
 @pass_ctx
 def keys_list(ctx: Context) -> None:
     """List keys (never their secrets)."""
-    from flywheel.models.core import ApiKey
+    from flywheel.models.records import ApiKey
 
     with ctx.session() as session:
         for k in session.scalars(select(ApiKey).order_by(ApiKey.id)):
@@ -160,7 +127,7 @@ def keys_list(ctx: Context) -> None:
 @pass_ctx
 def keys_revoke(ctx: Context, key_id: int) -> None:
     """Revoke a key by its id."""
-    from flywheel.admin import revoke_key
+    from flywheel.domain.tenants import revoke_key
 
     with ctx.session() as session:
         revoke_key(session, key_id)
@@ -189,8 +156,9 @@ def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path 
     """Create a task from labels given inline or in a file."""
     from pydantic import ValidationError
 
-    from flywheel.api.schemas import TaskIn
-    from flywheel.tasks import create_task
+    from flywheel.domain.catalog import create_task
+    from flywheel.domain.schemas import TaskIn
+    from flywheel.retrain.registry import ensure_zero_shot
 
     label_list: list[str] = []
     descriptions: dict[str, str] = {}
@@ -208,7 +176,8 @@ def tasks_create(ctx: Context, name: str, labels: str | None, labels_file: Path 
     except ValidationError as exc:
         raise click.ClickException("; ".join(e["msg"] for e in exc.errors())) from None
     with ctx.session() as session:
-        create_task(session, spec)
+        task = create_task(session, spec)
+        ensure_zero_shot(session, task)  # day one: the zero-shot model serves until feedback trains a better one
     click.echo(f"task '{name}' with {len(label_list)} labels", err=True)
     click.echo(name)
 
@@ -254,8 +223,8 @@ def serve(ctx: Context, workers: int | None) -> None:
 
 def bootstrap_admin_key(db: Database) -> str | None:
     """On an empty database, create the first admin key and return it; otherwise None."""
-    from flywheel.auth import create_key
-    from flywheel.models.core import ApiKey
+    from flywheel.domain.auth import create_key
+    from flywheel.models.records import ApiKey
 
     with db.session() as session:
         if session.scalar(select(func.count(ApiKey.id))):
@@ -268,7 +237,7 @@ def bootstrap_admin_key(db: Database) -> str | None:
 @pass_ctx
 def up(ctx: Context) -> None:
     """All in one machine: migrate, create the first admin key if none exists, serve the web app + scheduler."""
-    from flywheel.migrate import upgrade
+    from flywheel.core.migrate import upgrade
 
     upgrade(ctx.db.engine)
     secret = bootstrap_admin_key(ctx.db)
@@ -290,14 +259,33 @@ def up(ctx: Context) -> None:
         scheduler.wait(timeout=30)
 
 
-def _register_extensions() -> None:
-    for target in COMMANDS:
-        module, _, attr = target.partition(":")
-        cli.add_command(getattr(import_module(module), attr))
+@cli.command()
+@pass_ctx
+def scheduler(ctx: Context) -> None:
+    """The scheduler process: nightly retraining, hourly monitoring, queued training runs. One is active; a
+    second waits on the database lease and takes over if the first dies."""
+    from flywheel.scheduler import SchedulerService, freeze_loaded_libraries
+
+    logging.getLogger("flywheel").setLevel(logging.INFO)
+    click.echo(
+        f"scheduler starting (retrain cron '{ctx.settings.retrain_cron}', monitoring '{ctx.settings.monitor_cron}')",
+        err=True,
+    )
+    try:
+        service = SchedulerService(ctx.db, ctx.settings)
+    except ValueError as exc:
+        raise click.ClickException(f"invalid schedule: {exc}") from None
+    freeze_loaded_libraries()
+    service.run_forever()
+
+
+cli.add_command(retrain)
+cli.add_command(monitor)
+cli.add_command(labels)
+cli.add_command(simulate_command)
 
 
 def main() -> None:
-    _register_extensions()
     cli(prog_name="flywheel")
 
 

@@ -30,9 +30,9 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.models.registry import JobLock, JobRun
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.models.training import JobLock, JobRun
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +323,8 @@ class SchedulerService:
         return queued
 
     def monitoring(self) -> Any:
-        try:
-            from flywheel.monitoring.jobs import run_monitoring
-        except ImportError:
-            log.info("monitoring is not installed; hourly job skipped")
-            return None
+        from flywheel.monitoring.jobs import run_monitoring
+
         result = run_monitoring(self.db, self.settings)
         self.early_retrain()  # a fresh breach triggers an early run now rather than at the next check
         return result if isinstance(result, list | dict) else None

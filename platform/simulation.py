@@ -39,10 +39,11 @@ import requests
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from flywheel.auth import create_key
-from flywheel.config import Settings
-from flywheel.db import Database
-from flywheel.migrate import upgrade
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.core.migrate import upgrade
+from flywheel.domain import champions
+from flywheel.domain.auth import create_key
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,8 @@ def _replay(
     api: Client,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
-    from flywheel.models.core import Feedback, Prediction, Task
-    from flywheel.models.registry import TrainingRun
+    from flywheel.models.records import Feedback, Prediction, Task
+    from flywheel.models.training import TrainingRun
     from flywheel.monitoring.jobs import run_monitoring
     from flywheel.retrain.jobs import nightly_retrain, process_queue
     from flywheel.scheduler import nightly_pipeline
@@ -479,7 +480,7 @@ class Reviewer:
 
     def check(self, session: Any, task_id: int) -> dict[str, Any]:
         """After the night: how many reviewed items' effective labels (in the database) still equal the truth."""
-        from flywheel.models.core import Prediction
+        from flywheel.models.records import Prediction
 
         if not self.reviewed:
             return {"reviewed_effective_true": 0}
@@ -514,9 +515,8 @@ def _gate_record(run: Any) -> dict[str, Any]:
 
 
 def _shared_champion(session: Any, task_id: int) -> Any:
-    from flywheel.retrain import registry
 
-    model = registry.champion_for(session, task_id, None)
+    model = champions.champion_for(session, task_id, None)
     assert model is not None, "every task has a champion from day one (zero-shot)"
     return model
 
@@ -539,7 +539,7 @@ def _accuracy(model: Any, plan: Plan) -> float:
 
 def _trained_accuracy(session: Any, runs: list[Any], plan: Plan) -> float | None:
     """Tonight's shared model on the test split, whether the gate promoted it or not (None: no model trained)."""
-    from flywheel.models.registry import ModelVersion
+    from flywheel.models.training import ModelVersion
 
     shared = [r for r in runs if r.tenant_id is None and r.model_id is not None]
     if not shared:
@@ -559,7 +559,7 @@ def _label_issue_scores(session: Any, plan: Plan, corrected: set[str] | None = N
     """Against the injected wrong labels: precision and recall of the flagged label issues (what goes to review)
     and of the labels left out of training (flagged ones the evidence supports, and unreliable sources' labels).
     ``corrected``: items a reviewer has decided, whose label is no longer the injected one (left out of both)."""
-    from flywheel.feedback.labels import excluded_client_ids, flagged_client_ids
+    from flywheel.feedback.results import excluded_client_ids, flagged_client_ids
 
     flagged = flagged_client_ids(session, TASK)
     excluded = excluded_client_ids(session, TASK)

@@ -6,7 +6,6 @@ variants, with per-tenant metrics and lineage reduced to its own tenant; admin k
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,35 +14,18 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select, true
 from sqlalchemy.orm import Session
 
-from flywheel.api.schemas import Name, Strict
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal
-from flywheel.context import get_session, get_settings
-from flywheel.errors import Conflict, NotFound
-from flywheel.models.core import Task, Tenant
-from flywheel.models.registry import ModelVersion, TrainingRun
+from flywheel.core.errors import Conflict, NotFound
+from flywheel.domain import champions
+from flywheel.domain.auth import Principal
+from flywheel.domain.schemas import Name, Strict
+from flywheel.models.records import Task, Tenant
+from flywheel.models.training import ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
+from flywheel.retrain.outputs import ModelOut, RunStatus, TrainingRunOut, model_out, run_out
+from flywheel.web.context import get_session, get_settings
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("retrain", __name__, url_prefix="/v1")
-
-Rung = Literal["zero_shot", "few_shot", "fine_tuned"]
-RunStatus = Literal["queued", "running", "succeeded", "failed", "rejected"]
-
-
-class ModelOut(BaseModel):
-    """A model version. ``tenant`` null: the task's shared model."""
-
-    id: int
-    task: str
-    tenant: str | None
-    version: str
-    rung: Rung
-    status: Literal["candidate", "champion", "retired"]
-    metrics: dict[str, Any]
-    lineage: dict[str, Any]
-    training_run_id: int | None
-    created_at: datetime
-    promoted_at: datetime | None
 
 
 class ModelList(BaseModel):
@@ -71,27 +53,6 @@ class TrainingRunIn(Strict):
     tenant: Name | None = Field(default=None, description="train this tenant's own variant")
 
 
-class TrainingRunOut(BaseModel):
-    id: int
-    task: str
-    tenant: str | None
-    status: RunStatus
-    trigger: str
-    rung: str | None
-    progress: float
-    message: str | None
-    metrics: dict[str, Any]
-    decision: str | None
-    reasons: list[str]
-    model_id: int | None
-    model_version: str | None
-    lineage: dict[str, Any]
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
 class TrainingRunList(BaseModel):
     items: list[TrainingRunOut]
 
@@ -101,73 +62,6 @@ class RunQuery(Strict):
     tenant: Name | None = None
     status: RunStatus | None = None
     limit: int = Field(default=100, ge=1, le=1000)
-
-
-# --- serializers: what a tenant may see -------------------------------------------------------------------------
-
-
-def _only_tenant(value: Any, slug: str | None) -> Any:
-    """Drop other tenants' entries from ``{"tenants": {slug: ...}}`` maps, at any depth."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k in ("tenants", "holdout_tenants") and isinstance(v, dict):
-                out[k] = {s: _only_tenant(x, slug) for s, x in v.items() if s == slug}
-            else:
-                out[k] = _only_tenant(v, slug)
-        return out
-    if isinstance(value, list):
-        return [_only_tenant(v, slug) for v in value]
-    return value
-
-
-def _scoped(principal: Principal, value: dict[str, Any]) -> dict[str, Any]:
-    return value if principal.is_admin else _only_tenant(value or {}, principal.tenant_slug)
-
-
-def model_out(principal: Principal, m: ModelVersion) -> ModelOut:
-    return ModelOut(
-        id=m.id,
-        task=m.task.name,
-        tenant=m.tenant.slug if m.tenant else None,
-        version=m.version,
-        rung=m.rung,  # type: ignore[arg-type]
-        status=m.status,  # type: ignore[arg-type]
-        metrics=_scoped(principal, m.metrics or {}),
-        lineage=_scoped(principal, m.lineage or {}),
-        training_run_id=m.training_run_id,
-        created_at=m.created_at,
-        promoted_at=m.promoted_at,
-    )
-
-
-def run_out(session: Session, principal: Principal, r: TrainingRun) -> TrainingRunOut:
-    version = session.scalar(select(ModelVersion.version).where(ModelVersion.id == r.model_id)) if r.model_id else None
-    reasons = list(r.reasons or [])
-    if not principal.is_admin:  # reasons name tenants ("tenant acme: ..."): keep the caller's own and the rest
-        reasons = [
-            x for x in reasons if not x.startswith("tenant ") or x.startswith(f"tenant {principal.tenant_slug}:")
-        ]
-    return TrainingRunOut(
-        id=r.id,
-        task=r.task.name,
-        tenant=r.tenant.slug if r.tenant else None,
-        status=r.status,  # type: ignore[arg-type]
-        trigger=r.trigger,
-        rung=r.rung,
-        progress=r.progress,
-        message=r.message,
-        metrics=_scoped(principal, r.metrics or {}),
-        decision=r.decision,
-        reasons=reasons,
-        model_id=r.model_id,
-        model_version=version,
-        lineage=_scoped(principal, r.lineage or {}),
-        error=r.error if principal.is_admin else (None if r.error is None else "the run failed"),
-        created_at=r.created_at,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-    )
 
 
 def _task(session: Session, name: str) -> Task:
@@ -277,7 +171,7 @@ def rollback_task(name: str, *, principal: Principal) -> Response:
     """A tenant variant with no earlier champion is retired, and the tenant falls back to the shared model."""
     from flask import request
 
-    from flywheel.api.spec import parse_body
+    from flywheel.web.spec import parse_body
 
     raw = request.get_data(cache=False)
     scope = parse_body(ScopeIn, raw) if raw.strip() else ScopeIn()
@@ -285,7 +179,7 @@ def rollback_task(name: str, *, principal: Principal) -> Response:
     session = get_session()
     task = _task(session, name)
     tenant = _tenant(session, scope.tenant)
-    current = registry.champion_slot(session, task.id, tenant.id if tenant else None)
+    current = champions.champion_slot(session, task.id, tenant.id if tenant else None)
     if current is None:
         raise NotFound("there is no champion to roll back in this scope")
     retired = session.get(ModelVersion, current.model_id)

@@ -64,7 +64,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _base_name(base_model: str | Path | None) -> str | None:
+def base_name(base_model: str | Path | None) -> str | None:
     """The base as stored in metadata: ``None`` means the packaged all-MiniLM-L6-v2 (portable across machines)."""
     return str(base_model) if base_model else None
 
@@ -122,7 +122,7 @@ class ZeroShotClassifier:
         return _softmax(self.scale * (np.asarray(embeddings, dtype=np.float32) @ self.label_embeddings.T))
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        from flywheel.retrain.encoder import load_encoder
+        from flywheel.domain.encoder import load_encoder
 
         emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
         return self.predict_proba_embeddings(emb)
@@ -157,7 +157,7 @@ def build_zero_shot(
     if not labels:
         raise ValueError("labels must not be empty")
     if label_embeddings is None:
-        from flywheel.retrain.encoder import load_encoder
+        from flywheel.domain.encoder import load_encoder
 
         label_embeddings = load_encoder(base_model).embed(label_prompts(labels, descriptions))
     emb = np.asarray(label_embeddings, dtype=np.float32)
@@ -168,7 +168,7 @@ def build_zero_shot(
     return ZeroShotClassifier(
         labels=labels,
         label_embeddings=emb,
-        base_model=_base_name(base_model),
+        base_model=base_name(base_model),
         descriptions=dict(descriptions or {}),
     )
 
@@ -193,7 +193,7 @@ class FewShotClassifier:
         return _softmax(logits)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        from flywheel.retrain.encoder import load_encoder
+        from flywheel.domain.encoder import load_encoder
 
         emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
         return self.predict_proba_embeddings(emb)
@@ -206,7 +206,7 @@ class FewShotClassifier:
         _write_metadata(path, own, metadata)
 
 
-def _label_indices(y: Sequence[Any] | np.ndarray, labels: Sequence[str]) -> np.ndarray:
+def label_indices(y: Sequence[Any] | np.ndarray, labels: Sequence[str]) -> np.ndarray:
     """``y`` as label indices: accepts label names or integer indices into ``labels``."""
     arr = np.asarray(y)
     if arr.dtype.kind in "iu":
@@ -242,14 +242,14 @@ def train_few_shot(
     from sklearn.linear_model import LogisticRegression
 
     labels = list(labels)
-    idx = _label_indices(y, labels)
+    idx = label_indices(y, labels)
     if len(idx) != len(texts) and embeddings is None:
         raise ValueError(f"{len(texts)} texts but {len(idx)} labels")
     present = np.unique(idx)
     if len(present) < 2:
         raise ValueError("the few-shot head needs examples of at least 2 labels")
     if embeddings is None:
-        from flywheel.retrain.encoder import load_encoder
+        from flywheel.domain.encoder import load_encoder
 
         embeddings = load_encoder(base_model).embed(list(texts))
     X = np.asarray(embeddings, dtype=np.float32)
@@ -281,7 +281,7 @@ def train_few_shot(
         "seed": seed,
     }
     return FewShotClassifier(
-        labels=labels, coef=coef, intercept=intercept, base_model=_base_name(base_model), train_info=info
+        labels=labels, coef=coef, intercept=intercept, base_model=base_name(base_model), train_info=info
     )
 
 
@@ -536,7 +536,7 @@ def _load_fine_tuned(path: Path, meta: Mapping[str, Any], device: str) -> FineTu
     import torch
     from transformers import AutoTokenizer
 
-    from flywheel.retrain.finetune import model_class_for
+    from flywheel.retrain.architectures import model_class_for
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = model_class_for(path).from_pretrained(path, local_files_only=True, dtype=torch.float32)

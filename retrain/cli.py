@@ -7,7 +7,7 @@ import logging
 import click
 from sqlalchemy import select
 
-from flywheel.cli import Context, pass_ctx
+from flywheel.core.cli_context import Context, pass_ctx
 
 
 @click.command("retrain")
@@ -22,8 +22,8 @@ def retrain(ctx: Context, task_name: str, tenant_slug: str | None, no_progress: 
     """
     from tqdm import tqdm
 
-    from flywheel.models.core import Task, Tenant
-    from flywheel.models.registry import ModelVersion, TrainingRun
+    from flywheel.models.records import Task, Tenant
+    from flywheel.models.training import ModelVersion, TrainingRun
     from flywheel.retrain import jobs, registry
 
     with ctx.session() as session:
@@ -78,23 +78,3 @@ def retrain(ctx: Context, task_name: str, tenant_slug: str | None, no_progress: 
     click.echo(version or status)
     if status == "failed":
         raise SystemExit(1)
-
-
-@click.command("scheduler")
-@pass_ctx
-def scheduler(ctx: Context) -> None:
-    """The scheduler process: nightly retraining, hourly monitoring, queued training runs. One is active; a
-    second waits on the database lease and takes over if the first dies."""
-    from flywheel.scheduler import SchedulerService, freeze_loaded_libraries
-
-    logging.getLogger("flywheel").setLevel(logging.INFO)
-    click.echo(
-        f"scheduler starting (retrain cron '{ctx.settings.retrain_cron}', monitoring '{ctx.settings.monitor_cron}')",
-        err=True,
-    )
-    try:
-        service = SchedulerService(ctx.db, ctx.settings)
-    except ValueError as exc:
-        raise click.ClickException(f"invalid schedule: {exc}") from None
-    freeze_loaded_libraries()
-    service.run_forever()

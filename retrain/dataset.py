@@ -13,24 +13,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.domain.embeddings import get_embeddings
+from flywheel.domain.encoder import load_encoder
+from flywheel.domain.holdout import is_holdout
+from flywheel.domain.training_labels import excluded_prediction_ids, training_weights
+from flywheel.models.records import Prediction, Task, Tenant
 
 if TYPE_CHECKING:
-    from flywheel.db import Database
+    from flywheel.core.db import Database
 
 log = logging.getLogger(__name__)
-
-
-def holdout_filter(holdout_percent: int) -> ColumnElement[bool]:
-    """The SQL condition selecting holdout predictions (use ``~holdout_filter(p)`` for the training pool)."""
-    return Prediction.bucket < holdout_percent
-
-
-def is_holdout(bucket: int, holdout_percent: int) -> bool:
-    return bucket < holdout_percent
 
 
 @dataclass
@@ -98,11 +93,7 @@ class TrainingData:
 
 def label_verdicts(session: Session, tenant_id: int, task_id: int) -> tuple[set[int], dict[int, float]]:
     """What the label-quality pass says about training: the prediction ids it keeps out, and the weights below 1
-    of the labels it keeps (nothing when that pass is not installed)."""
-    try:
-        from flywheel.feedback.labels import excluded_prediction_ids, training_weights
-    except ImportError:
-        return set(), {}
+    of the labels it keeps."""
     return set(excluded_prediction_ids(session, tenant_id, task_id)), training_weights(session, tenant_id, task_id)
 
 
@@ -157,20 +148,14 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
 
 
 def embeddings_for(db: Database, texts: list[str], base_model: str | None, *, chunk: int = 512) -> Any:
-    """Frozen-encoder embeddings through the feedback area's cache when it exists, else computed here.
+    """Frozen-encoder embeddings through the shared embedding cache (each text is embedded once per encoder).
 
     One short transaction per chunk: on SQLite a transaction holds the write lock, and ingestion must not wait
     for a whole training set to be embedded.
     """
     import numpy as np
 
-    from flywheel.retrain.encoder import load_encoder
-
     encoder = load_encoder(base_model or None)
-    try:
-        from flywheel.feedback.embeddings import get_embeddings
-    except ImportError:
-        return encoder.embed(texts)
     parts = []
     for start in range(0, len(texts), chunk):
         with db.session() as session:

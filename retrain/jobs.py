@@ -23,15 +23,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from flywheel.db import utcnow
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.registry import RUN_FINISHED, ChampionSlot, ModelVersion, TrainingRun
+from flywheel.core.db import utcnow
+from flywheel.domain import champions
+from flywheel.domain.holdout import outside_holdout
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.models.slas import Sla, SlaEvaluation
+from flywheel.models.training import RUN_FINISHED, ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import gate, registry
 from flywheel.retrain.dataset import TrainingData, build_training_data, embeddings_for
 
 if TYPE_CHECKING:
-    from flywheel.config import Settings
-    from flywheel.db import Database
+    from flywheel.core.config import Settings
+    from flywheel.core.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -190,34 +193,14 @@ def gate_policy(settings: Settings) -> gate.GatePolicy:
     )
 
 
-def _monitoring_models() -> Any:
-    """The monitoring area's tables module, when that area is installed (it is optional to retraining)."""
-    import importlib
-
-    try:
-        return importlib.import_module("flywheel.models.monitoring")
-    except ImportError:
-        return None
-
-
 def sla_thresholds(session: Session, task_id: int) -> dict[str, list[tuple[str, float]]]:
-    """``{tenant slug: [(metric, threshold)]}`` for the task, from the monitoring area's SLA table when present."""
-    mon = _monitoring_models()
-    if mon is None:
-        return {}
-    model = getattr(mon, "Sla", None) or getattr(mon, "SLA", None)
-    if model is None:
-        return {}
+    """``{tenant slug: [(metric, threshold)]}``: every agreed SLA on the task, which the gate must not breach."""
+    rows = session.execute(
+        select(Tenant.slug, Sla.metric, Sla.threshold)
+        .join(Tenant, Tenant.id == Sla.tenant_id)
+        .where(Sla.task_id == task_id)
+    ).all()
     out: dict[str, list[tuple[str, float]]] = {}
-    try:
-        rows = session.execute(
-            select(Tenant.slug, model.metric, model.threshold)
-            .join(Tenant, Tenant.id == model.tenant_id)
-            .where(model.task_id == task_id)
-        ).all()
-    except Exception:  # a schema we do not know: the gate runs without SLA thresholds rather than failing
-        log.warning("could not read SLA thresholds for task %s", task_id, exc_info=True)
-        return {}
     for slug, metric, threshold in rows:
         out.setdefault(slug, []).append((str(metric), float(threshold)))
     return out
@@ -353,7 +336,7 @@ def _train_and_gate(
         task, tenant = run.task, run.tenant
         labels = list(task.labels)
         data = build_training_data(session, task, tenant, holdout_percent=settings.holdout_percent)
-        champion = registry.champion_for(session, task.id, run.tenant_id)
+        champion = champions.champion_for(session, task.id, run.tenant_id)
         variant_tenants = [
             slug
             for (slug,) in session.execute(
@@ -554,7 +537,7 @@ def eligible_tenants(session: Session, task_id: int, settings: Settings) -> list
             Prediction.task_id == task_id,
             Prediction.effective_label.is_not(None),
             Prediction.label_discarded.is_(False),
-            Prediction.bucket >= settings.holdout_percent,
+            outside_holdout(settings.holdout_percent),
         )
         .group_by(Prediction.tenant_id)
     ).all()
@@ -628,15 +611,15 @@ def new_clean_labels(session: Session, task_id: int, since: datetime | None) -> 
 
 def breached_scopes(session: Session) -> list[tuple[int, int, datetime]]:
     """(task_id, tenant_id, evaluated_at) of every SLA whose latest evaluation is ``breached`` (monitoring area)."""
-    mon = _monitoring_models()
-    evaluation = getattr(mon, "SlaEvaluation", None) if mon is not None else None
-    if evaluation is None:
-        return []
-    latest = select(evaluation.sla_id, func.max(evaluation.id).label("last_id")).group_by(evaluation.sla_id).subquery()
+    latest = (
+        select(SlaEvaluation.sla_id, func.max(SlaEvaluation.id).label("last_id"))
+        .group_by(SlaEvaluation.sla_id)
+        .subquery()
+    )
     rows = session.execute(
-        select(evaluation.task_id, evaluation.tenant_id, evaluation.evaluated_at)
-        .join(latest, latest.c.last_id == evaluation.id)
-        .where(evaluation.status == "breached")
+        select(SlaEvaluation.task_id, SlaEvaluation.tenant_id, SlaEvaluation.evaluated_at)
+        .join(latest, latest.c.last_id == SlaEvaluation.id)
+        .where(SlaEvaluation.status == "breached")
     ).all()
     return [(int(t), int(n), at) for t, n, at in rows]
 
@@ -660,7 +643,7 @@ def check_early_retrain(db: Database, settings: Settings, *, now: datetime | Non
                 if run is not None:
                     queued.append(run.id)
         for task_id, tenant_id, evaluated_at in breached_scopes(session):
-            has_variant = registry.champion_slot(session, task_id, tenant_id) is not None
+            has_variant = champions.champion_slot(session, task_id, tenant_id) is not None
             scope_tenant = tenant_id if has_variant else None
             since = last_created(session, task_id, scope_tenant)
             if since is not None and evaluated_at <= since:

@@ -19,11 +19,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from flywheel.app import create_app
-from flywheel.auth import create_key
-from flywheel.config import Settings
-from flywheel.db import Base, Database
-from flywheel.migrate import upgrade
-from flywheel.models.core import Task, Tenant
+from flywheel.core.config import Settings
+from flywheel.core.db import Base, Database
+from flywheel.core.migrate import upgrade
+from flywheel.domain.auth import create_key
+from flywheel.models.records import Task, Tenant
 
 from support import LABELS, World
 

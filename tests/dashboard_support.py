@@ -11,10 +11,10 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from flywheel.db import Database, utcnow
-from flywheel.ingest import holdout_bucket
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.registry import ModelVersion
+from flywheel.core.db import Database, utcnow
+from flywheel.domain.holdout import holdout_bucket
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.models.training import ModelVersion
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -152,7 +152,7 @@ def add_evaluation(
     n_labeled: int = 300,
 ) -> int:
     """A stored evaluation with chosen numbers (for tests of how pages show and sort them)."""
-    from flywheel.models.monitoring import Sla, SlaEvaluation
+    from flywheel.models.slas import Sla, SlaEvaluation
 
     at = at or utcnow()
     with db.session() as session:
@@ -203,7 +203,7 @@ def seed_monitoring(db: Database, settings: Any, *, days: int = 4, drift: bool =
 def add_training_run(
     db: Database, *, model_id: int | None, status: str, decision: str | None, reasons: list[str]
 ) -> int:
-    from flywheel.models.registry import TrainingRun
+    from flywheel.models.training import TrainingRun
 
     with db.session() as session:
         task = session.scalar(select(Task).where(Task.name == "intent"))

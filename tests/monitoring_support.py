@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from flywheel.db import Database
-from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.core.db import Database
+from flywheel.models.records import Prediction, Task, Tenant
 
 NOW = datetime.fromisoformat("2026-11-27T12:00:00+00:00")
 

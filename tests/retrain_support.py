@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from flywheel.api.schemas import FeedbackIn, PredictionIn
-from flywheel.db import Database
-from flywheel.ingest import ingest_feedback, ingest_predictions
-from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.core.db import Database
+from flywheel.domain.ingest import ingest_feedback, ingest_predictions
+from flywheel.domain.schemas import FeedbackIn, PredictionIn
+from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.retrain.registry import ensure_zero_shot
 
 KEYWORDS = {

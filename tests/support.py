@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from flywheel.auth import create_key
-from flywheel.db import Database
-from flywheel.models.core import Tenant
+from flywheel.core.db import Database
+from flywheel.domain.auth import create_key
+from flywheel.models.records import Tenant
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import select, update
 
 from flywheel.app import create_app
-from flywheel.auth import hash_key
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.models.core import ApiKey
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.domain.auth import hash_key
+from flywheel.models.records import ApiKey
 
 from support import World, prediction
 

@@ -9,9 +9,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from flywheel.api.schemas import PredictionIn
-from flywheel.ingest import TaskCatalog, ingest_predictions
-from flywheel.models.core import Feedback, Prediction, Tenant
+from flywheel.domain.ingest import TaskCatalog, ingest_predictions
+from flywheel.domain.schemas import PredictionIn
+from flywheel.models.records import Feedback, Prediction, Tenant
 
 from support import World, prediction
 

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import select
 
 from flywheel.app import create_app
-from flywheel.auth import create_key
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.migrate import upgrade
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.registry import ModelVersion
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.core.migrate import upgrade
+from flywheel.domain.auth import create_key
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.models.training import ModelVersion
 
 from dashboard_support import add_model, add_predictions, add_training_run, seed_monitoring
 from support import LABELS

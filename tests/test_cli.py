@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from flywheel.app import create_app
 from flywheel.cli import bootstrap_admin_key, cli
-from flywheel.config import Settings
-from flywheel.db import Database
-from flywheel.models.core import Task
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.models.records import Task
 
 
 def run(url: str, *args: str) -> str:

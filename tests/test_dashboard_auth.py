@@ -10,10 +10,10 @@ import zlib
 import pytest
 from sqlalchemy import func, select
 
+from flywheel.core.db import utcnow
 from flywheel.dashboard.security import SESSION_SIGNED_IN_AT
-from flywheel.db import utcnow
-from flywheel.models.core import ApiKey, Feedback
-from flywheel.models.registry import ModelVersion
+from flywheel.models.records import ApiKey, Feedback
+from flywheel.models.training import ModelVersion
 
 from dashboard_support import add_model, add_predictions, add_training_run, csrf_from, page_token, sign_in
 from support import World

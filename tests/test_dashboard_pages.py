@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from flywheel.dashboard import queries
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.registry import ModelVersion
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.models.training import ModelVersion
 
 from dashboard_support import (
     add_evaluation,
@@ -253,7 +253,7 @@ def test_overview_sorts_worst_first_and_filters(client, world: World):
 
 
 def test_tenant_page_shows_history_alerts_and_drift_report(client, world: World):
-    from flywheel.models.monitoring import Alert, DriftReport
+    from flywheel.models.slas import Alert, DriftReport
 
     add_predictions(world.db, "acme", n=30, labels=world.labels)
     sla_id = put_sla(
@@ -370,7 +370,7 @@ def test_figures_are_valid_plotly_specs():
 
 
 def test_admin_queues_a_training_run_and_a_read_key_cannot(client, world: World):
-    from flywheel.models.registry import TrainingRun
+    from flywheel.models.training import TrainingRun
 
     sign_in(client, world.admin)
     html = client.get("/dashboard/models").get_data(as_text=True)

@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 
 from flywheel.feedback import cleanlab_adapter
-from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
-from flywheel.feedback.oos import SOURCE_CV, SOURCE_CV_PRODUCTION, OOSConfig, out_of_sample_probabilities
-from flywheel.feedback.pipeline import (
+from flywheel.feedback.checks import (
     FULL_TRUST_PER_CLASS,
     check_labels,
     exclusion_mask,
     label_weights,
     trusted_share,
 )
+from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
+from flywheel.feedback.oos import SOURCE_CV, SOURCE_CV_PRODUCTION, OOSConfig, out_of_sample_probabilities
 
 from support import shared_data
 
@@ -38,7 +38,7 @@ def _slice(name: str, *, classes: int | None, per_class: int | None, rows: int |
 
 @pytest.fixture(scope="module")
 def encoder():
-    from flywheel.retrain.encoder import load_encoder
+    from flywheel.domain.encoder import load_encoder
 
     return load_encoder()
 

@@ -16,23 +16,20 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from flywheel.api.schemas import FeedbackIn, PredictionIn
 from flywheel.cli import Context
-from flywheel.config import Settings
-from flywheel.db import Database
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.domain.embeddings import get_embeddings
+from flywheel.domain.holdout import holdout_bucket
+from flywheel.domain.ingest import ingest_feedback, ingest_predictions
+from flywheel.domain.schemas import FeedbackIn, PredictionIn
+from flywheel.domain.training_labels import excluded_prediction_ids, training_weights
 from flywheel.feedback.cli import labels as labels_cli
-from flywheel.feedback.embeddings import get_embeddings
 from flywheel.feedback.jobs import label_quality_pass, run_label_quality
-from flywheel.feedback.labels import (
-    excluded_prediction_ids,
-    flagged_client_ids,
-    source_reliability,
-    training_weights,
-)
+from flywheel.feedback.results import flagged_client_ids, source_reliability
 from flywheel.feedback.review import record_decision
-from flywheel.ingest import holdout_bucket, ingest_feedback, ingest_predictions
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
-from flywheel.models.labels import EmbeddingCache, LabelQualityResult, LabelQualityRun
+from flywheel.models.label_quality import EmbeddingCache, LabelQualityResult, LabelQualityRun
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.retrain.dataset import build_training_data
 
 from support import LABELS, World
@@ -420,7 +417,7 @@ def test_uncertain_queue_before_and_after_the_pass(world: World, plan: Plan, set
 
 
 def test_cli_labels_check_prints_a_summary(world: World, plan: Plan, settings: Settings, monkeypatch) -> None:
-    import flywheel.retrain.encoder as encoder_module
+    import flywheel.domain.encoder as encoder_module
 
     monkeypatch.setattr(encoder_module, "load_encoder", lambda *a, **k: plan.encoder)
     ctx = Context(_settings(settings))
@@ -457,7 +454,7 @@ def test_get_embeddings_computes_only_missing_texts(world: World) -> None:
 def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
     world: World, plan: Plan, settings: Settings
 ) -> None:
-    from flywheel.models.registry import ModelVersion
+    from flywheel.models.training import ModelVersion
 
     db = world.db
     with db.session() as session:

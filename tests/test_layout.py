@@ -54,11 +54,3 @@ def test_web_app_import_does_not_pull_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"importing the web app imported {out.stdout.strip()}"
-
-
-def test_readme_is_built_from_its_sections() -> None:
-    """README.md is generated from docs/readme/*.md; an edit to one without the other is caught here."""
-    import runpy
-
-    build = runpy.run_path(str(ROOT / "docs" / "readme" / "build.py"))["build"]
-    assert (ROOT / "README.md").read_text(encoding="utf-8") == build(), "run: python docs/readme/build.py"

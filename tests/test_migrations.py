@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import flywheel.models  # noqa: F401  (every table)
-from flywheel.db import Base, Database
-from flywheel.migrate import is_current
+from flywheel.core.db import Base, Database
+from flywheel.core.migrate import is_current
 
 
 def test_models_match_migrations(database: Database) -> None:

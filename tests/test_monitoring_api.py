@@ -13,8 +13,8 @@ from monitoring_support import NOW, add_predictions, labeled
 from sqlalchemy import func, select
 
 from flywheel.cli import Context
-from flywheel.config import Settings
-from flywheel.models.monitoring import Alert, SlaEvaluation
+from flywheel.core.config import Settings
+from flywheel.models.slas import Alert, SlaEvaluation
 from flywheel.monitoring import stats
 from flywheel.monitoring.cli import monitor
 from flywheel.monitoring.jobs import run_monitoring
@@ -193,8 +193,8 @@ def test_cli_monitor_runs_with_a_progress_bar(client: FlaskClient, world: World,
 def test_drift_reference_is_the_champions_training_data_when_known(
     client: FlaskClient, world: World, settings: Settings, tmp_path: Path
 ) -> None:
-    from flywheel.models.core import Prediction, Task
-    from flywheel.models.registry import ChampionSlot, ModelVersion
+    from flywheel.models.records import Prediction, Task
+    from flywheel.models.training import ChampionSlot, ModelVersion
 
     put_sla(client, world)
     # Old rows: 200 the champion trained on (short texts) and 200 it did not (long texts); the current window
@@ -241,7 +241,7 @@ def test_drift_embeds_text_through_the_embedding_cache(client: FlaskClient, worl
 def test_drift_frames_split_the_windows_in_id_order_and_keep_to_the_tenant(
     client: FlaskClient, world: World, settings: Settings
 ) -> None:
-    from flywheel.models.monitoring import Sla
+    from flywheel.models.slas import Sla
     from flywheel.monitoring.frames import load_drift_inputs
 
     put_sla(client, world)

@@ -33,7 +33,7 @@ def _classifier(texts: pd.Series, labels: pd.Series) -> tuple[TfidfVectorizer, L
 
 
 def test_drift_detected_on_a_new_domain_and_not_on_held_out_rows(clinc: pd.DataFrame) -> None:
-    from flywheel.retrain.encoder import load_encoder
+    from flywheel.domain.encoder import load_encoder
 
     pool = clinc[clinc.domain.isin(REFERENCE_DOMAINS)].sample(frac=1.0, random_state=0)
     reference, same, train = pool.iloc[:300], pool.iloc[300:450], pool.iloc[450:]

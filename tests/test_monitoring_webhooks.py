@@ -8,8 +8,8 @@ from flask.testing import FlaskClient
 from monitoring_support import NOW, add_predictions, labeled, webhook_receiver
 from sqlalchemy import select
 
-from flywheel.config import Settings
-from flywheel.models.monitoring import Alert, WebhookDelivery
+from flywheel.core.config import Settings
+from flywheel.models.slas import Alert, WebhookDelivery
 from flywheel.monitoring.alerts import SIGNATURE_HEADER, sign, verify
 from flywheel.monitoring.jobs import run_monitoring
 

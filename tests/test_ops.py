@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import column, func, insert, select, table, text
 from sqlalchemy.exc import DBAPIError
 
-import flywheel.db
+import flywheel.core.db
 from flywheel.app import create_app
-from flywheel.config import Settings
-from flywheel.context import get_connection
-from flywheel.db import Database, HotStatement, WalCheckpointer
-from flywheel.models.core import Prediction, Tenant
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, HotStatement, WalCheckpointer
+from flywheel.models.records import Prediction, Tenant
+from flywheel.web.context import get_connection
 
 from support import World, prediction
 
@@ -114,7 +114,7 @@ def test_a_connection_the_server_drops_fails_one_request_and_the_pool_heals(
     drop_the_held_connection()
     assert post(1) == 503  # used a moment ago, not pinged: the request the outage hits
     assert post(2) == 201  # the lost connection was replaced
-    monkeypatch.setattr(flywheel.db, "IDLE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(flywheel.core.db, "IDLE_PING_SECONDS", 0.0)
     drop_the_held_connection()
     assert post(3) == 201  # idle: pinged before use, replaced, no request fails
     with db.session() as session:

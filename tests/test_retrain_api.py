@@ -12,10 +12,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from flywheel.app import create_app
-from flywheel.config import Settings
-from flywheel.db import Database
-from flywheel.models.core import Prediction, Task, Tenant
-from flywheel.models.registry import ModelVersion, TrainingRun
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.domain import champions
+from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.training import ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
 
 from retrain_support import LABELS, TASK, add_labeled, build_tiny_base, make_task
@@ -111,7 +112,7 @@ def test_predict_answers_logs_and_its_predictions_accept_feedback(
 def registry_champion(db: Database, tenant_id: int | None = None) -> ModelVersion:
     with db.session() as session:
         task_id = session.scalar(select(Task.id).where(Task.name == TASK))
-        model = registry.champion_for(session, task_id or 0, tenant_id)
+        model = champions.champion_for(session, task_id or 0, tenant_id)
         assert model is not None
         return model
 

@@ -15,12 +15,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from flywheel.cli import _register_extensions, cli
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.errors import Conflict
-from flywheel.models.core import Prediction, Task, Tenant
-from flywheel.models.registry import ChampionSlot, ModelVersion, TrainingRun
+from flywheel.cli import cli
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.core.errors import Conflict
+from flywheel.domain import champions
+from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
 from flywheel.retrain.classifiers import load_classifier
 
@@ -72,7 +73,7 @@ def champion(db: Database, tenant_id: int | None = None) -> ModelVersion:
     with db.session() as session:
         task_id = session.scalar(select(Task.id).where(Task.name == TASK))
         assert task_id is not None
-        model = registry.champion_for(session, task_id, tenant_id)
+        model = champions.champion_for(session, task_id, tenant_id)
         assert model is not None
         return model
 
@@ -208,7 +209,7 @@ def test_rollback_restores_the_previous_champion(db: Database, tiny_base: Path) 
     with db.session() as session:
         task = session.scalar(select(Task).where(Task.name == TASK))
         assert task is not None
-        zero = registry.champion_for(session, task.id, None)
+        zero = champions.champion_for(session, task.id, None)
         assert zero is not None
         made = []
         for rung in ("few_shot", "fine_tuned"):
@@ -231,7 +232,7 @@ def test_rollback_restores_the_previous_champion(db: Database, tiny_base: Path) 
         ids = (task.id, acme.id, zero.id, variant.id)
     task_id, acme_id, zero_id, variant_id = ids
     with db.session() as session:
-        assert registry.champion_for(session, task_id, None).id == made[1]  # type: ignore[union-attr]
+        assert champions.champion_for(session, task_id, None).id == made[1]  # type: ignore[union-attr]
         assert registry.rollback(session, task_id, None).id == made[0]
         statuses = dict(session.execute(select(ModelVersion.id, ModelVersion.status)).tuples().all())
         assert statuses[made[1]] == "retired" and statuses[made[0]] == "champion"
@@ -239,11 +240,11 @@ def test_rollback_restores_the_previous_champion(db: Database, tiny_base: Path) 
         with pytest.raises(Conflict):
             registry.rollback(session, task_id, None)
         # A tenant variant serves that tenant first (serving reads the same slots), and rolls back to the shared model.
-        assert registry.champion_for(session, task_id, acme_id).id == variant_id  # type: ignore[union-attr]
-        assert registry.serving_state(session, task_id, acme_id)[0] == variant_id  # type: ignore[index]
-        assert registry.serving_state(session, task_id, None)[0] == zero_id  # type: ignore[index]
+        assert champions.champion_for(session, task_id, acme_id).id == variant_id  # type: ignore[union-attr]
+        assert champions.serving_state(session, task_id, acme_id)[0] == variant_id  # type: ignore[index]
+        assert champions.serving_state(session, task_id, None)[0] == zero_id  # type: ignore[index]
         assert registry.rollback(session, task_id, acme_id).id == zero_id
-        assert registry.champion_for(session, task_id, acme_id).id == zero_id  # type: ignore[union-attr]
+        assert champions.champion_for(session, task_id, acme_id).id == zero_id  # type: ignore[union-attr]
         assert (
             session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.status == "champion")) == 1
         )
@@ -299,7 +300,7 @@ def test_kill_9_mid_run_changes_no_champion_and_the_next_scheduler_recovers(
     # A worker that claims the run, reports progress, then "trains" forever; kill -9 it mid-way.
     code = (
         "import sys, time\n"
-        "from flywheel.db import Database\n"
+        "from flywheel.core.db import Database\n"
         "from flywheel.retrain import jobs\n"
         "db = Database(sys.argv[1])\n"
         "with db.session() as s:\n"
@@ -349,7 +350,6 @@ def test_early_retrain_on_new_clean_labels_is_debounced(db: Database, rs: Settin
 def test_cli_retrain_runs_in_the_foreground(db: Database, rs: Settings, tiny_base: Path, tmp_path: Path) -> None:
     make_task(db, tiny_base)
     add_labeled(db, "acme", 90, seed=9)
-    _register_extensions()
     env = {
         "FLYWHEEL_ARTIFACTS_DIR": str(tmp_path / "cli-artifacts"),
         "FLYWHEEL_HOLDOUT_PERCENT": str(HOLDOUT),
@@ -374,7 +374,7 @@ def test_synthetic_data_is_what_the_tests_think() -> None:
 def test_a_breached_sla_queues_an_early_run_and_sets_the_gate_threshold(
     db: Database, rs: Settings, tiny_base: Path
 ) -> None:
-    from flywheel.models.monitoring import Sla, SlaEvaluation
+    from flywheel.models.slas import Sla, SlaEvaluation
 
     make_task(db, tiny_base)
     settings = rs.with_(early_retrain_new_labels=10**6)

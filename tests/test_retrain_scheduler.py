@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.models.core import Task
-from flywheel.models.registry import JobLock, TrainingRun
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.models.records import Task
+from flywheel.models.training import JobLock, TrainingRun
 from flywheel.retrain import jobs
 from flywheel.scheduler import (
     JOB_NIGHTLY,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import flywheel.db
+import flywheel.core.db
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("text_hash", sa.String(length=64), nullable=False),
         sa.Column("dim", sa.Integer(), nullable=False),
         sa.Column("vector", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_embedding_cache")),
         sa.UniqueConstraint("encoder_id", "text_hash", name=op.f("uq_embedding_cache_encoder_id_text_hash")),
     )
@@ -44,8 +44,8 @@ def upgrade() -> None:
         sa.Column("n_unlabeled", sa.Integer(), nullable=False),
         sa.Column("summary", sa.JSON().with_variant(sa.JSON(none_as_null=True), "sqlite"), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("started_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", flywheel.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["task_id"], ["tasks.id"], name=op.f("fk_label_quality_runs_task_id_tasks"), ondelete="CASCADE"
         ),

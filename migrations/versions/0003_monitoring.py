@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import flywheel.db
+import flywheel.core.db
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0001"
@@ -27,13 +27,13 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("share", sa.Float(), nullable=True),
         sa.Column("reference_kind", sa.String(length=32), nullable=False),
-        sa.Column("window_start", flywheel.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("window_end", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("window_start", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("window_end", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("n_reference", sa.Integer(), nullable=False),
         sa.Column("n_current", sa.Integer(), nullable=False),
         sa.Column("summary", sa.JSON().with_variant(sa.JSON(none_as_null=True), "sqlite"), nullable=False),
         sa.Column("snapshot", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["task_id"], ["tasks.id"], name=op.f("fk_drift_reports_task_id_tasks"), ondelete="CASCADE"
         ),
@@ -60,8 +60,8 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("last_status", sa.String(length=32), nullable=True),
         sa.Column("last_drift_status", sa.String(length=16), nullable=True),
-        sa.Column("created_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_slas_task_id_tasks"), ondelete="CASCADE"),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name=op.f("fk_slas_tenant_id_tenants"), ondelete="CASCADE"
@@ -80,7 +80,7 @@ def upgrade() -> None:
         sa.Column("before", sa.JSON().with_variant(sa.JSON(none_as_null=True), "sqlite"), nullable=True),
         sa.Column("after", sa.JSON().with_variant(sa.JSON(none_as_null=True), "sqlite"), nullable=False),
         sa.Column("changed_by", sa.String(length=200), nullable=True),
-        sa.Column("changed_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("changed_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["sla_id"], ["slas.id"], name=op.f("fk_sla_changes_sla_id_slas"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sla_changes")),
     )
@@ -97,8 +97,8 @@ def upgrade() -> None:
         sa.Column("metric", sa.String(length=220), nullable=False),
         sa.Column("threshold", sa.Float(), nullable=False),
         sa.Column("window_days", sa.Integer(), nullable=False),
-        sa.Column("window_start", flywheel.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("window_end", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("window_start", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("window_end", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("ci_low", sa.Float(), nullable=True),
         sa.Column("ci_high", sa.Float(), nullable=True),
@@ -111,7 +111,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("drift_status", sa.String(length=16), nullable=False),
         sa.Column("drift_report_id", sa.Integer(), nullable=True),
-        sa.Column("evaluated_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("evaluated_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["drift_report_id"],
             ["drift_reports.id"],
@@ -146,8 +146,8 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON().with_variant(sa.JSON(none_as_null=True), "sqlite"), nullable=False),
         sa.Column("delivery_status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("delivered_at", flywheel.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("created_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["evaluation_id"],
             ["sla_evaluations.id"],
@@ -173,7 +173,7 @@ def upgrade() -> None:
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("error", sa.String(length=500), nullable=True),
         sa.Column("duration_ms", sa.Float(), nullable=False),
-        sa.Column("created_at", flywheel.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", flywheel.core.db.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["alert_id"], ["alerts.id"], name=op.f("fk_webhook_deliveries_alert_id_alerts"), ondelete="CASCADE"
         ),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from flywheel.db import UTCDateTime
+from flywheel.core.db import UTCDateTime
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0001"

@@ -1,18 +1,18 @@
-"""Tenants and API keys, for admins (the CLI does the same through ``flywheel.admin``)."""
+"""Tenants and API keys, for admins (the CLI does the same through ``flywheel.domain.tenants``)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 from sqlalchemy import select
 
-from flywheel.admin import create_tenant, revoke_key
-from flywheel.api.schemas import KeyCreated, KeyIn, KeyList, KeyOut, TenantIn, TenantList, TenantOut
-from flywheel.api.serializers import key_out, tenant_out
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal, create_key
-from flywheel.context import get_keys, get_session
-from flywheel.errors import NotFound
-from flywheel.models.core import ApiKey, Tenant
+from flywheel.core.errors import NotFound
+from flywheel.domain.auth import Principal, create_key
+from flywheel.domain.schemas import KeyCreated, KeyIn, KeyList, KeyOut, TenantIn, TenantList, TenantOut
+from flywheel.domain.tenants import create_tenant, revoke_key
+from flywheel.models.records import ApiKey, Tenant
+from flywheel.web.context import get_keys, get_session
+from flywheel.web.serializers import key_out, tenant_out
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("admin", __name__, url_prefix="/v1")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, render_template
 from sqlalchemy import text
 
-from flywheel import metrics
-from flywheel.api.spec import openapi_document
-from flywheel.context import get_db
-from flywheel.errors import ServiceUnavailable
-from flywheel.migrate import is_current
+from flywheel.core import metrics
+from flywheel.core.errors import ServiceUnavailable
+from flywheel.core.migrate import is_current
+from flywheel.web.context import get_db
+from flywheel.web.spec import openapi_document
 
 bp = Blueprint("ops", __name__)
 

@@ -8,18 +8,18 @@ from flask import Blueprint, Response, current_app
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import select
 
-from flywheel import metrics
-from flywheel.api.schemas import ClientId, Name, Strict
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal
-from flywheel.context import get_session, get_settings
-from flywheel.errors import NotFound, PayloadTooLarge
-from flywheel.models.core import Task
-from flywheel.serving import ModelServer, ServeInput
+from flywheel.core import metrics
+from flywheel.core.errors import NotFound, PayloadTooLarge
+from flywheel.domain.auth import Principal
+from flywheel.domain.schemas import ClientId, Name, Strict
+from flywheel.models.records import Task
+from flywheel.retrain.serving import ModelServer, ServeInput
+from flywheel.web.context import get_session, get_settings
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("predict", __name__, url_prefix="/v1")
 
-SERVER_KEY = "flywheel.serving"
+SERVER_KEY = "flywheel.retrain.serving"
 
 
 class PredictInput(Strict):

@@ -12,8 +12,12 @@ from prometheus_client import Counter
 from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.orm import Session
 
-from flywheel import metrics
-from flywheel.api.schemas import (
+from flywheel.core import metrics
+from flywheel.core.errors import BadRequest, NotFound, PayloadTooLarge
+from flywheel.domain.auth import Principal
+from flywheel.domain.ingest import IngestResult as IngestStored
+from flywheel.domain.ingest import ingest_feedback, ingest_predictions
+from flywheel.domain.schemas import (
     FeedbackBatch,
     FeedbackIn,
     IngestResult,
@@ -24,14 +28,10 @@ from flywheel.api.schemas import (
     PredictionQuery,
     TenantQuery,
 )
-from flywheel.api.serializers import predictions_out
-from flywheel.api.spec import json_response, operation, parse_batch
-from flywheel.auth import Principal
-from flywheel.context import get_connection, get_session, get_tasks
-from flywheel.errors import BadRequest, NotFound, PayloadTooLarge
-from flywheel.ingest import IngestResult as IngestStored
-from flywheel.ingest import ingest_feedback, ingest_predictions
-from flywheel.models.core import Prediction, Task
+from flywheel.models.records import Prediction, Task
+from flywheel.web.context import get_connection, get_session, get_tasks
+from flywheel.web.serializers import predictions_out
+from flywheel.web.spec import json_response, operation, parse_batch
 
 bp = Blueprint("predictions", __name__, url_prefix="/v1")
 

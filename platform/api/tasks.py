@@ -5,14 +5,15 @@ from __future__ import annotations
 from flask import Blueprint, Response
 from sqlalchemy import select
 
-from flywheel.api.schemas import TaskIn, TaskList, TaskOut
-from flywheel.api.serializers import task_out
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal
-from flywheel.context import get_session
-from flywheel.errors import NotFound
-from flywheel.models.core import Task
-from flywheel.tasks import create_task
+from flywheel.core.errors import NotFound
+from flywheel.domain.auth import Principal
+from flywheel.domain.catalog import create_task
+from flywheel.domain.schemas import TaskIn, TaskList, TaskOut
+from flywheel.models.records import Task
+from flywheel.retrain.registry import ensure_zero_shot
+from flywheel.web.context import get_session
+from flywheel.web.serializers import task_out
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("tasks", __name__, url_prefix="/v1")
 
@@ -21,6 +22,7 @@ bp = Blueprint("tasks", __name__, url_prefix="/v1")
 def post_task(*, principal: Principal, body: TaskIn) -> Response:
     session = get_session()
     task = create_task(session, body)
+    ensure_zero_shot(session, task)  # day one: the zero-shot model serves until feedback trains a better one
     out = task_out(task)
     session.commit()
     return json_response(out, 201)

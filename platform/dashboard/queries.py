@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from flywheel.dashboard.charts import CalibrationBin
-from flywheel.models.core import Prediction, Task, Tenant
+from flywheel.models.records import Prediction, Task, Tenant
 
 
 def _labeled() -> ColumnElement[bool]:

@@ -24,8 +24,8 @@ from flask import abort, g, redirect, request, session, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flywheel.auth import Principal, hash_key
-from flywheel.models.core import ApiKey
+from flywheel.domain.auth import Principal, hash_key
+from flywheel.models.records import ApiKey
 
 CSRF_FIELD = "csrf_token"
 SESSION_KEY_ID = "dashboard_key_id"

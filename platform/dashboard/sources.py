@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from flywheel.auth import Principal
-from flywheel.config import Settings
+from flywheel.core.config import Settings
 from flywheel.dashboard.charts import MetricPoint
-from flywheel.models.core import Prediction, Task, Tenant
-from flywheel.models.monitoring import Alert, DriftReport, Sla, SlaEvaluation
-from flywheel.models.registry import ModelVersion, TrainingRun
+from flywheel.domain.auth import Principal
+from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.slas import Alert, DriftReport, Sla, SlaEvaluation
+from flywheel.models.training import ModelVersion, TrainingRun
 
 STATUS_RANK = {"breached": 0, "at_risk": 1, "insufficient_data": 2, "met": 3, "no_sla": 4}
 STATUS_WORDS = {
@@ -330,7 +330,7 @@ def record_review(
 
 
 def serving_model(session: Session, *, task_id: int, tenant_id: int) -> ModelVersion | None:
-    from flywheel.retrain.registry import champion_for
+    from flywheel.domain.champions import champion_for
 
     return champion_for(session, task_id, tenant_id)
 
@@ -339,7 +339,7 @@ def serving_model(session: Session, *, task_id: int, tenant_id: int) -> ModelVer
 class ModelView:
     """A model as the caller may see it (the retrain API's serializer: other tenants' metrics removed)."""
 
-    out: Any  # flywheel.retrain.api.ModelOut
+    out: Any  # flywheel.retrain.outputs.ModelOut
     replaced_id: int | None
     tenant_id: int | None
 
@@ -348,7 +348,7 @@ def models(
     session: Session, principal: Principal, *, tenant_id: int | None, task_id: int | None, limit: int = 200
 ) -> list[ModelView]:
     """Model versions, newest first: all for an admin; a tenant's own variants and the shared ones otherwise."""
-    from flywheel.retrain.api import model_out
+    from flywheel.retrain.outputs import model_out
 
     stmt = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)
     if tenant_id is not None:
@@ -365,7 +365,7 @@ def training_runs(
     session: Session, principal: Principal, *, tenant_id: int | None, task_id: int | None, limit: int = 100
 ) -> list[Any]:
     """Training runs, newest first, through the retrain API's serializer (``TrainingRunOut``)."""
-    from flywheel.retrain.api import run_out
+    from flywheel.retrain.outputs import run_out
 
     stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
     if tenant_id is not None:

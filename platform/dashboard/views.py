@@ -25,8 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from flywheel.auth import Principal
-from flywheel.context import get_session, get_settings
+from flywheel.core.db import utcnow
+from flywheel.core.errors import ApiError, NotFound
 from flywheel.dashboard import charts, queries, sources
 from flywheel.dashboard.security import (
     CsrfError,
@@ -41,9 +41,9 @@ from flywheel.dashboard.security import (
     sign_out,
     signed_in,
 )
-from flywheel.db import utcnow
-from flywheel.errors import ApiError, NotFound
-from flywheel.models.core import Feedback, Prediction, Task, Tenant
+from flywheel.domain.auth import Principal
+from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.web.context import get_session, get_settings
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the real platform/ folder, also in an editable install
 
@@ -492,7 +492,7 @@ def rollback() -> Any:
     task, tenant_row = _admin_scope(session, request.values)
     tenant_id = tenant_row.id if tenant_row else None
     if request.method == "GET" or request.form.get("confirm") != "yes":
-        from flywheel.retrain.registry import champion_slot
+        from flywheel.domain.champions import champion_slot
 
         slot = champion_slot(session, task.id, tenant_id)
         current = sources.get_model(session, slot.model_id) if slot else None

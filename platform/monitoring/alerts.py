@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.models.core import Task, Tenant
-from flywheel.models.monitoring import Alert, Sla, SlaEvaluation, WebhookDelivery
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.models.records import Task, Tenant
+from flywheel.models.slas import Alert, Sla, SlaEvaluation, WebhookDelivery
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import defer
 
-from flywheel.api.schemas import Name, Strict
-from flywheel.api.spec import json_response, operation
-from flywheel.auth import Principal
-from flywheel.context import get_session
-from flywheel.errors import NotFound
-from flywheel.models.core import Task, Tenant
-from flywheel.models.monitoring import Alert, DriftReport, Sla, SlaChange, SlaEvaluation
+from flywheel.core.errors import NotFound
+from flywheel.domain.auth import Principal
+from flywheel.domain.schemas import Name, Strict
+from flywheel.models.records import Task, Tenant
+from flywheel.models.slas import Alert, DriftReport, Sla, SlaChange, SlaEvaluation
 from flywheel.monitoring import sla as sla_mod
 from flywheel.monitoring.alerts import new_secret
+from flywheel.web.context import get_session
+from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")
 

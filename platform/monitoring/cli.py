@@ -54,7 +54,7 @@ def monitor(ctx: click.Context, tenant: str | None, task: str | None, no_drift: 
 @click.pass_obj
 def set_sla(app_ctx: Any, tenant: str, task: str, **terms: Any) -> None:
     """Create or change an SLA (the same as PUT /v1/slas/{tenant}/{task})."""
-    from flywheel.models.core import Task, Tenant
+    from flywheel.models.records import Task, Tenant
     from flywheel.monitoring.sla import SlaTerms, put_sla
 
     with app_ctx.session() as session:
@@ -74,7 +74,7 @@ def set_sla(app_ctx: Any, tenant: str, task: str, **terms: Any) -> None:
 @click.pass_obj
 def set_webhook(app_ctx: Any, tenant: str, url: str | None, secret: str | None, off: bool) -> None:
     """Set a tenant's alert webhook; prints the signing secret alone on the last line."""
-    from flywheel.models.core import Tenant
+    from flywheel.models.records import Tenant
     from flywheel.monitoring.alerts import new_secret
 
     if not off and not url:

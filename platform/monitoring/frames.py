@@ -19,9 +19,12 @@ import numpy as np
 from sqlalchemy import Integer, Select, and_, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from flywheel.config import Settings
-from flywheel.models.core import Prediction
-from flywheel.models.monitoring import Sla
+from flywheel.core.config import Settings
+from flywheel.domain.champions import champion_for
+from flywheel.domain.embeddings import get_embeddings
+from flywheel.domain.encoder import load_encoder
+from flywheel.models.records import Prediction
+from flywheel.models.slas import Sla
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -113,15 +116,7 @@ def sample(rows: Rows, cap: int, seed: int) -> Rows:
 
 def champion_training_ids(session: Session, sla: Sla) -> list[int] | None:
     """Prediction ids the serving champion was trained on (this tenant's rows only), when the registry knows."""
-    try:
-        from flywheel.retrain.registry import champion_for
-    except ImportError:
-        return None
-    try:
-        champion = champion_for(session, sla.task_id, sla.tenant_id)
-    except Exception:  # the registry is another area's; drift falls back to a reference window
-        log.warning("could not read the champion of task %s", sla.task_id, exc_info=True)
-        return None
+    champion = champion_for(session, sla.task_id, sla.tenant_id)
     if champion is None or not champion.artifact_path:
         return None
     lineage = Path(champion.artifact_path) / "lineage.json"
@@ -135,13 +130,7 @@ def champion_training_ids(session: Session, sla: Sla) -> list[int] | None:
 
 
 def _embed(session: Session, texts: list[str], settings: Settings) -> np.ndarray:
-    from flywheel.retrain.encoder import load_encoder
-
     encoder = load_encoder(settings.base_model or None)
-    try:
-        from flywheel.feedback.embeddings import get_embeddings
-    except ImportError:
-        return encoder.embed(texts)
     return np.asarray(get_embeddings(session, texts, encoder=encoder))
 
 

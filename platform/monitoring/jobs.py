@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from flywheel.config import Settings
-from flywheel.db import Database, utcnow
-from flywheel.models.core import Task, Tenant
-from flywheel.models.monitoring import DriftReport, Sla
+from flywheel.core.config import Settings
+from flywheel.core.db import Database, utcnow
+from flywheel.models.records import Task, Tenant
+from flywheel.models.slas import DriftReport, Sla
 from flywheel.monitoring import alerts as alerts_mod
 from flywheel.monitoring import sla as sla_mod
 

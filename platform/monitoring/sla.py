@@ -23,9 +23,9 @@ import numpy as np
 from sqlalchemy import Integer, and_, cast, func, select
 from sqlalchemy.orm import Session
 
-from flywheel.db import utcnow
-from flywheel.models.core import Prediction, Task, Tenant
-from flywheel.models.monitoring import Sla, SlaChange, SlaEvaluation
+from flywheel.core.db import utcnow
+from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.slas import Sla, SlaChange, SlaEvaluation
 from flywheel.monitoring import stats
 
 CBPE_MIN_LABELED = 50
@@ -68,7 +68,7 @@ def put_sla(
     """Create or change the SLA of ``tenant`` on ``task``; every change is recorded. Returns (sla, created)."""
     errors = validate_terms(terms, list(task.labels))
     if errors:
-        from flywheel.errors import Unprocessable
+        from flywheel.core.errors import Unprocessable
 
         raise Unprocessable("the SLA terms are invalid", errors=errors)
     sla = session.scalar(select(Sla).where(Sla.tenant_id == tenant.id, Sla.task_id == task.id).with_for_update(of=Sla))

@@ -1,0 +1,67 @@
+"""Which labels may train, and at what weight: the label-quality verdicts as the training set reads them.
+
+The label-quality pass (``flywheel.feedback``) writes its verdicts as rows; retraining reads them through these
+queries, so neither area imports the other. Only verdicts whose scored label is still the prediction's effective
+label count: feedback that arrived after the pass changes the label, and the old verdict no longer applies.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, exists, select
+from sqlalchemy.orm import Session
+
+from flywheel.models.label_quality import LabelQualityResult
+from flywheel.models.records import Feedback, Prediction
+
+
+def reviewed() -> ColumnElement[bool]:
+    """The prediction has a reviewer's decision: a person looked, which overrides the automatic verdicts."""
+    return exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "reviewer")
+
+
+def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
+    """Prediction ids training must leave out: label issues of the latest pass, labels only unreliable sources
+    gave (unless a reviewer has since decided on the label: a "keep" counts at once), and discarded ones. Never a
+    holdout prediction: the pass does not score the holdout."""
+    rows = session.execute(
+        select(LabelQualityResult.prediction_id)
+        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+        .where(
+            LabelQualityResult.tenant_id == tenant_id,
+            LabelQualityResult.task_id == task_id,
+            LabelQualityResult.kind == "labeled",
+            LabelQualityResult.exclude_reason.is_not(None),
+            LabelQualityResult.given_label == Prediction.effective_label,
+            ~reviewed(),
+        )
+    )
+    out = {pid for (pid,) in rows}
+    scored_discarded = session.execute(
+        select(LabelQualityResult.prediction_id)
+        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+        .where(
+            LabelQualityResult.tenant_id == tenant_id,
+            LabelQualityResult.task_id == task_id,
+            Prediction.label_discarded.is_(True),
+        )
+    )
+    out.update(pid for (pid,) in scored_discarded)
+    return out
+
+
+def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int, float]:
+    """Prediction id -> training weight (the probability that its label is right) for the labels the latest pass
+    scored below full weight; current verdicts only, never a reviewed label (a person decided: full weight)."""
+    rows = session.execute(
+        select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
+        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+        .where(
+            LabelQualityResult.tenant_id == tenant_id,
+            LabelQualityResult.task_id == task_id,
+            LabelQualityResult.kind == "labeled",
+            LabelQualityResult.train_weight < 1.0,
+            LabelQualityResult.given_label == Prediction.effective_label,
+            ~reviewed(),
+        )
+    )
+    return {pid: float(w) for pid, w in rows if w is not None}
