@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import httpx
 import pytest
+
 from flywheel_client import Client, FlywheelConnectionError, FlywheelError
 
 pytestmark = pytest.mark.slow
