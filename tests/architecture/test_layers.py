@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"flywheel": ROOT / "platform", "flywheel.feedback": ROOT / "feedback", "flywheel.retrain": ROOT / "retrain"}
 
 # The layer order, written once. First match wins; every module must match one pattern.

@@ -15,8 +15,8 @@ from flywheel.dashboard.security import SESSION_SIGNED_IN_AT
 from flywheel.models.records import ApiKey, Feedback
 from flywheel.models.training import ModelVersion
 
-from dashboard_support import add_model, add_predictions, add_training_run, csrf_from, page_token, sign_in
 from support import World
+from support.dashboard import add_model, add_predictions, add_training_run, csrf_from, page_token, sign_in
 
 # Every page that shows data, with the tenant in the path where it has one.
 TENANT_PAGES = [

@@ -7,6 +7,7 @@ key and fail to see the first tenant's page. Screenshots of the main pages go to
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ from flywheel.domain.auth import create_key
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion
 
-from dashboard_support import add_model, add_predictions, add_training_run, seed_monitoring
 from support import LABELS
+from support.dashboard import add_model, add_predictions, add_training_run, seed_monitoring
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,11 +38,24 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+# `make screenshots` points this at docs/screenshots to refresh the README's pictures; a test run writes to a
+# temporary folder and leaves the tree clean.
+SCREENSHOTS_ENV = "FLYWHEEL_SCREENSHOTS_DIR"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium (make browsers)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium (make browsers)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the page screenshots go: ``$FLYWHEEL_SCREENSHOTS_DIR`` when set, else a temporary folder."""
+    chosen = os.environ.get(SCREENSHOTS_ENV)
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
 
 
 @dataclass
@@ -120,15 +134,15 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, folder: Path, name: str) -> None:
     """A screenshot of the whole page. The viewport is grown to the page's height instead of ``full_page=True``,
     which leaves the sandboxed (out-of-process) report iframe blank."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     width = page.viewport_size["width"]
     height = min(int(page.evaluate("document.documentElement.scrollHeight")), 2000)
     page.set_viewport_size({"width": width, "height": max(height, 900)})
     page.wait_for_timeout(300)  # let plotly and the report re-layout to the new size
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    page.screenshot(path=str(folder / f"{name}.png"))
     page.set_viewport_size({"width": width, "height": 900})
 
 
@@ -140,7 +154,7 @@ def _sign_in(page, site: Site, key: str) -> None:
     page.wait_for_url(f"{site.url}/dashboard/")
 
 
-def test_customer_success_walkthrough(site: Site, browser) -> None:
+def test_customer_success_walkthrough(site: Site, browser, screenshots: Path) -> None:
     context = browser.new_context(viewport={"width": 1440, "height": 900})  # type: ignore[attr-defined]
     page = context.new_page()
     errors: list[str] = []
@@ -148,7 +162,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
 
     # Sign in.
     page.goto(f"{site.url}/dashboard/login")
-    _shot(page, "login")
+    _shot(page, screenshots, "login")
     _sign_in(page, site, site.admin)
     cookie = next(c for c in context.cookies() if c["name"] == "session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
@@ -158,7 +172,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
     assert row.get_attribute("data-tenant") == "acme"
     assert row.get_attribute("data-status") == "at_risk"
     assert row.locator("td.sla-status .status").inner_text() == "At risk"
-    _shot(page, "overview")
+    _shot(page, screenshots, "overview")
     page.click(".filters a[data-filter=at_risk]")
     assert page.locator("#overview tbody tr").count() >= 1
     assert all(
@@ -176,7 +190,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
     report = page.frame_locator("#drift-report")
     report.locator("[id^=root_] > *").first.wait_for(timeout=60_000)
     assert "Drift" in report.locator("body").inner_text()
-    _shot(page, "tenant")
+    _shot(page, screenshots, "tenant")
 
     # Relabel an item in the review queue and see the feedback recorded.
     page.click("#tenant-review")
@@ -184,7 +198,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
     first = page.locator("#review-queue tbody tr").first
     prediction_id = int(first.get_attribute("data-prediction") or 0)
     first.locator("select[name=label]").select_option("exchange_rate")
-    _shot(page, "review")
+    _shot(page, screenshots, "review")
     first.locator("button:has-text('Relabel')").click()
     page.wait_for_selector(".flash-ok")
     assert "relabelled as" in page.locator(".flash-ok").inner_text()
@@ -206,7 +220,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
     page.wait_for_selector(".flash-ok")
     assert page.locator("#models tr[data-version='intent-v2']").get_attribute("data-status") == "champion"
     assert _status(site, "intent-v2") == "champion" and _status(site, "intent-v1") == "retired"
-    _shot(page, "models")
+    _shot(page, screenshots, "models")
     page.locator("#models tr[data-version='intent-v2'] a:has-text('Roll back')").click()
     page.click("#confirm")
     page.wait_for_selector(".flash-ok")
@@ -217,7 +231,7 @@ def test_customer_success_walkthrough(site: Site, browser) -> None:
     # The printable customer report.
     page.goto(f"{site.url}/dashboard/tenants/acme/report")
     page.wait_for_selector("#report-summary")
-    _shot(page, "report")
+    _shot(page, screenshots, "report")
 
     # Sign out; another tenant's read key cannot see acme.
     page.click("#sign-out")

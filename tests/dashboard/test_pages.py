@@ -13,7 +13,8 @@ from flywheel.dashboard import queries
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion
 
-from dashboard_support import (
+from support import World
+from support.dashboard import (
     add_evaluation,
     add_model,
     add_predictions,
@@ -22,7 +23,6 @@ from dashboard_support import (
     put_sla,
     sign_in,
 )
-from support import World
 
 
 def test_plotly_is_served_from_the_installed_package(client, world: World):

@@ -23,6 +23,8 @@ from flywheel.feedback.oos import SOURCE_CV, SOURCE_CV_PRODUCTION, OOSConfig, ou
 
 from support import shared_data
 
+pytestmark = pytest.mark.slow
+
 
 def _slice(name: str, *, classes: int | None, per_class: int | None, rows: int | None, seed: int = 0):
     df = pd.read_csv(shared_data(name, "train.csv"))

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from monitoring_support import NOW, add_predictions, labeled
 from sqlalchemy import func, select
 
 from flywheel.cli import Context
@@ -20,6 +19,7 @@ from flywheel.monitoring.cli import monitor
 from flywheel.monitoring.jobs import run_monitoring
 
 from support import World
+from support.monitoring import NOW, add_predictions, labeled
 
 SLA = {"metric": "accuracy", "threshold": 0.9, "window_days": 7, "min_labeled": 100, "warning_margin": 0.02}
 
@@ -59,6 +59,7 @@ def test_put_sla_validates_scopes_and_keeps_its_history(client: FlaskClient, wor
     assert client.get("/v1/slas").status_code == 401
 
 
+@pytest.mark.slow
 def test_evaluation_aggregates_in_sql_and_matches_sklearn(
     client: FlaskClient, world: World, settings: Settings
 ) -> None:
@@ -190,6 +191,7 @@ def test_cli_monitor_runs_with_a_progress_bar(client: FlaskClient, world: World,
     assert bad.exit_code != 0 and "does not exist" in bad.output
 
 
+@pytest.mark.slow
 def test_drift_reference_is_the_champions_training_data_when_known(
     client: FlaskClient, world: World, settings: Settings, tmp_path: Path
 ) -> None:
@@ -227,6 +229,7 @@ def test_drift_reference_is_the_champions_training_data_when_known(
     assert row["drift"]["reference"] == "window" and row["drift"]["status"] == "detected"
 
 
+@pytest.mark.slow
 def test_drift_embeds_text_through_the_embedding_cache(client: FlaskClient, world: World, settings: Settings) -> None:
     put_sla(client, world)
     add_predictions(world.db, "acme", labeled(40, 38), prefix="ref", at=NOW - timedelta(days=10))

@@ -17,6 +17,8 @@ from flywheel.monitoring import drift, stats
 
 from support import shared_data
 
+pytestmark = pytest.mark.slow
+
 REFERENCE_DOMAINS = ["banking", "credit_cards", "travel"]
 OTHER_DOMAIN = "kitchen_and_dining"
 

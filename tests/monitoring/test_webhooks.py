@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask.testing import FlaskClient
-from monitoring_support import NOW, add_predictions, labeled, webhook_receiver
 from sqlalchemy import select
 
 from flywheel.core.config import Settings
@@ -14,6 +13,7 @@ from flywheel.monitoring.alerts import SIGNATURE_HEADER, sign, verify
 from flywheel.monitoring.jobs import run_monitoring
 
 from support import World
+from support.monitoring import NOW, add_predictions, labeled, webhook_receiver
 
 SLA = {"metric": "accuracy", "threshold": 0.9, "window_days": 7, "min_labeled": 100, "warning_margin": 0.02}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,10 @@ from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
 
-from retrain_support import LABELS, TASK, add_labeled, build_tiny_base, make_task
 from support import World
+from support.retrain import LABELS, TASK, add_labeled, make_task
 
 HOLDOUT = 25
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,25 +24,10 @@ from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
 from flywheel.retrain.classifiers import load_classifier
 
-from retrain_support import LABELS, TASK, add_labeled, build_tiny_base, make_task, shuffle_training_labels, synthetic
+from support.retrain import LABELS, TASK, add_labeled, make_task, shuffle_training_labels, synthetic
 
 HOLDOUT = 25
 TINY_FT = {"batch_size": 16, "learning_rate": 3e-3, "max_length": 16, "device": "cpu", "patience": 3}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture
@@ -137,6 +121,7 @@ def test_training_run_promotes_a_better_model_then_refuses_a_worse_one(
     assert jobs.run_training(db, rs, bad_id) == "rejected"
 
 
+@pytest.mark.slow
 def test_a_tiny_bert_fine_tunes_through_the_job_path(db: Database, rs: Settings, tiny_base: Path) -> None:
     make_task(db, tiny_base)
     add_labeled(db, "acme", 240, seed=3)
@@ -161,6 +146,7 @@ def test_a_tiny_bert_fine_tunes_through_the_job_path(db: Database, rs: Settings,
     assert registry.load_model(model).predict_proba(["login password reset"]).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_a_tenant_variant_is_judged_on_its_own_holdout_against_the_shared_model(
     db: Database, rs: Settings, tiny_base: Path
 ) -> None:
@@ -289,6 +275,7 @@ def test_runs_left_running_by_dead_processes_are_failed_and_do_not_block(
     assert champion(db).id == champion_before
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_changes_no_champion_and_the_next_scheduler_recovers(
     db: Database, rs: Settings, tiny_base: Path
 ) -> None:

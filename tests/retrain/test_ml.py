@@ -25,72 +25,11 @@ from flywheel.retrain.classifiers import (
 )
 from flywheel.retrain.finetune import FineTuneConfig, balanced_class_weights, fine_tune, make_batches
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from support.retrain import LABELS, synthetic_per_label
 
-# A synthetic three-intent task whose words the tiny tokenizer knows: each intent has its own keywords, and all
-# share filler words, so the model must look at the right tokens.
-KEYWORDS = {
-    "card": ["card", "arrive", "delivery", "post", "mail"],
-    "refund": ["refund", "money", "back", "return", "reimburse"],
-    "login": ["login", "password", "account", "locked", "reset"],
-}
-FILLER = ["i", "my", "the", "please", "help", "when", "why", "is", "not", "can", "you", "still", "a", "it"]
-LABELS = list(KEYWORDS)
+pytestmark = pytest.mark.slow
 
-
-def synthetic(n_per_label: dict[str, int], seed: int) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng(seed)
-    texts, ys = [], []
-    for label, n in n_per_label.items():
-        for _ in range(n):
-            words = list(rng.choice(KEYWORDS[label], size=2)) + list(rng.choice(FILLER, size=4))
-            rng.shuffle(words)
-            texts.append(" ".join(words))
-            ys.append(label)
-    order = rng.permutation(len(texts))
-    return [texts[i] for i in order], [ys[i] for i in order]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> object:
-    """Tiny models train far faster on one thread, above all on a shared, busy CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local save_pretrained "base": a 2-layer BertModel (hidden 32) and a tokenizer over a small vocabulary."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        *FILLER,
-        *(w for ws in KEYWORDS.values() for w in ws),
-    ]
-    path = tmp_path_factory.mktemp("tiny-base")
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(path)
-    return path
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def tiny_config(base: Path, **changes: object) -> FineTuneConfig:
@@ -109,7 +48,7 @@ def tiny_config(base: Path, **changes: object) -> FineTuneConfig:
 
 
 def test_fine_tune_trains_saves_reloads_and_predicts(tiny_base: Path, tmp_path: Path) -> None:
-    texts, ys = synthetic({"card": 60, "refund": 60, "login": 60}, seed=1)
+    texts, ys = synthetic_per_label({"card": 60, "refund": 60, "login": 60}, seed=1)
     calls: list[tuple[float, str]] = []
     clf, stats = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base), progress=lambda f, m: calls.append((f, m)))
     assert isinstance(clf, TextClassifier) and clf.rung == "fine_tuned"
@@ -120,7 +59,7 @@ def test_fine_tune_trains_saves_reloads_and_predicts(tiny_base: Path, tmp_path: 
     fractions = [f for f, _ in calls]
     assert len(calls) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
 
-    test_texts, test_y = synthetic({"card": 20, "refund": 20, "login": 20}, seed=2)
+    test_texts, test_y = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=2)
     proba = clf.predict_proba(test_texts)
     assert proba.shape == (60, 3) and np.allclose(proba.sum(1), 1.0, atol=1e-5)
     accuracy = np.mean(np.array(LABELS)[proba.argmax(1)] == np.array(test_y))
@@ -144,7 +83,7 @@ def test_fine_tune_trains_saves_reloads_and_predicts(tiny_base: Path, tmp_path: 
 
 
 def test_fine_tune_is_seeded(tiny_base: Path) -> None:
-    texts, ys = synthetic({"card": 30, "refund": 30, "login": 30}, seed=3)
+    texts, ys = synthetic_per_label({"card": 30, "refund": 30, "login": 30}, seed=3)
     cfg = tiny_config(tiny_base, epochs=2)
     a, _ = fine_tune(texts, ys, LABELS, config=cfg)
     b, _ = fine_tune(texts, ys, LABELS, config=cfg)
@@ -155,7 +94,7 @@ def test_fine_tune_is_seeded(tiny_base: Path) -> None:
 
 
 def test_class_weights_favor_the_rare_label(tiny_base: Path) -> None:
-    texts, ys = synthetic({"card": 150, "refund": 12, "login": 150}, seed=4)
+    texts, ys = synthetic_per_label({"card": 150, "refund": 12, "login": 150}, seed=4)
     weights = balanced_class_weights(np.array([LABELS.index(v) for v in ys]), 3)
     assert weights[1] > 5 * weights[0]
     # A random head and CLS pooling: only the loss weighting differs between the two runs.
@@ -164,13 +103,13 @@ def test_class_weights_favor_the_rare_label(tiny_base: Path) -> None:
     plain, stats_p = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, class_weights=False, **common))
     assert stats_w["class_weights"][1] == pytest.approx(float(weights[1]), rel=1e-3)
     assert stats_p["class_weights"] is None
-    probe, _ = synthetic({"card": 20, "refund": 20, "login": 20}, seed=5)
+    probe, _ = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=5)
     # After two short epochs the unweighted model gives the rare label little mass; the weighted one far more.
     assert weighted.predict_proba(probe)[:, 1].mean() > 2 * plain.predict_proba(probe)[:, 1].mean()
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch(tiny_base: Path) -> None:
-    texts, _ = synthetic({"card": 40, "refund": 40, "login": 40}, seed=6)
+    texts, _ = synthetic_per_label({"card": 40, "refund": 40, "login": 40}, seed=6)
     noise = list(np.random.default_rng(0).choice(LABELS, size=len(texts)))  # unlearnable: validation loss rises
     cfg = tiny_config(tiny_base, epochs=30, patience=2, val_fraction=0.25, learning_rate=3e-3, monitor="val_loss")
     _, stats = fine_tune(texts, noise, LABELS, config=cfg)
@@ -181,8 +120,8 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_base: Path) -> No
 
 
 def test_linear_probe_head_starts_where_the_few_shot_head_ends(tiny_base: Path) -> None:
-    texts, ys = synthetic({"card": 60, "refund": 60, "login": 60}, seed=9)
-    probe, probe_y = synthetic({"card": 20, "refund": 20, "login": 20}, seed=10)
+    texts, ys = synthetic_per_label({"card": 60, "refund": 60, "login": 60}, seed=9)
+    probe, probe_y = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=10)
     # One step at a negligible learning rate: the model is (almost exactly) its initialization.
     frozen = {"max_steps": 1, "learning_rate": 1e-12, "val_fraction": 0.0}
     lp, stats = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, head_init="linear_probe", **frozen))
@@ -227,13 +166,13 @@ def _op_types(data: bytes) -> set[str]:
 
 
 def test_verify_optimized_gates_the_onnx_int8_variant(tiny_base: Path, tmp_path: Path) -> None:
-    texts, ys = synthetic({"card": 50, "refund": 50, "login": 50}, seed=7)
+    texts, ys = synthetic_per_label({"card": 50, "refund": 50, "login": 50}, seed=7)
     clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=4))  # mean pooling (the default)
     out = tmp_path / "model"
     clf.save(out, metadata={})
     fp32 = load_classifier(out, device="cpu")
     assert isinstance(fp32, FineTunedClassifier)
-    holdout, _ = synthetic({"card": 30, "refund": 30, "login": 30}, seed=8)
+    holdout, _ = synthetic_per_label({"card": 30, "refund": 30, "login": 30}, seed=8)
 
     # Not verified yet: optimize=True still serves fp32.
     assert load_classifier(out, device="cpu", optimize=True).precision == "fp32"  # type: ignore[union-attr]
@@ -291,9 +230,9 @@ def test_verify_optimized_gates_the_onnx_int8_variant(tiny_base: Path, tmp_path:
 
 def test_verified_variant_is_saved_with_a_model_checked_before_saving(tiny_base: Path, tmp_path: Path) -> None:
     """The training job verifies the fresh classifier, then saves it: the ONNX file goes with it."""
-    texts, ys = synthetic({"card": 40, "refund": 40, "login": 40}, seed=3)
+    texts, ys = synthetic_per_label({"card": 40, "refund": 40, "login": 40}, seed=3)
     clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=3, pooling="cls"))
-    holdout, _ = synthetic({"card": 20, "refund": 20, "login": 20}, seed=4)
+    holdout, _ = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=4)
     agreement, accepted = verify_optimized(clf, holdout, min_agreement=0.9)
     assert accepted is True and agreement >= 0.9
     clf.save(tmp_path / "m", metadata={})
@@ -304,9 +243,9 @@ def test_verified_variant_is_saved_with_a_model_checked_before_saving(tiny_base:
 
 
 def test_without_onnxruntime_fp32_is_served(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    texts, ys = synthetic({"card": 20, "refund": 20, "login": 20}, seed=5)
+    texts, ys = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=5)
     clf, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, epochs=1))
-    holdout, _ = synthetic({"card": 5, "refund": 5, "login": 5}, seed=6)
+    holdout, _ = synthetic_per_label({"card": 5, "refund": 5, "login": 5}, seed=6)
     verify_optimized(clf, holdout, min_agreement=0.0)
     clf.save(tmp_path / "m", metadata={})
     monkeypatch.setattr(classifiers, "onnxruntime_available", lambda: False)
@@ -426,7 +365,7 @@ def test_few_shot_weights_each_example_and_a_zero_weight_leaves_it_out() -> None
 
 
 def test_fine_tune_weights_each_example(tiny_base: Path) -> None:
-    texts, ys = synthetic({"card": 30, "refund": 30, "login": 30}, seed=7)
+    texts, ys = synthetic_per_label({"card": 30, "refund": 30, "login": 30}, seed=7)
     cfg = tiny_config(tiny_base, epochs=2)
     plain, _ = fine_tune(texts, ys, LABELS, config=cfg)
     ones, _ = fine_tune(texts, ys, LABELS, config=cfg, sample_weight=np.ones(len(ys)))

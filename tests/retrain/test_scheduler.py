@@ -28,12 +28,9 @@ from flywheel.scheduler import (
     select_job_runs,
 )
 
-from retrain_support import TASK, build_tiny_base, make_task
+from support.retrain import TASK, make_task
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from flywheel.simulation import SimConfig, simulate, summarize
 
 from support import shared_data
 
+pytestmark = pytest.mark.slow
+
 REVIEW_BUDGET = 8
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "lost_or_stolen_card", "pin_blocked", "top_up_failed"]
 

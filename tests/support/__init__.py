@@ -12,7 +12,7 @@ from flywheel.core.db import Database
 from flywheel.domain.auth import create_key
 from flywheel.models.records import Tenant
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def shared_data(*parts: str) -> Path:

@@ -57,6 +57,20 @@ def synthetic(n: int, seed: int) -> tuple[list[str], list[str]]:
     return texts, ys
 
 
+def synthetic_per_label(n_per_label: dict[str, int], seed: int) -> tuple[list[str], list[str]]:
+    """``n_per_label[label]`` texts per label (two of its keywords among filler words), shuffled."""
+    rng = np.random.default_rng(seed)
+    texts, ys = [], []
+    for label, n in n_per_label.items():
+        for _ in range(n):
+            words = list(rng.choice(KEYWORDS[label], size=2)) + list(rng.choice(FILLER, size=4))
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            ys.append(label)
+    order = rng.permutation(len(texts))
+    return [texts[i] for i in order], [ys[i] for i in order]
+
+
 def make_task(db: Database, base: Path, *, tenants: tuple[str, ...] = ("acme", "globex")) -> None:
     """The ``support`` task on the tiny base, its zero-shot champion, and tenants (created where missing)."""
     with db.session() as session:

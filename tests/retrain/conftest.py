@@ -1,0 +1,27 @@
+"""Fixtures of the retraining tests: a tiny local BERT base (built once per session) and one torch thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.retrain import build_tiny_base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train far faster on one thread, above all on a shared, busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32) and a tokenizer over the synthetic task's words, saved like a pretrained base."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
