@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-LINTED := platform feedback retrain migrations tests bench wsgi.py clients/python
+LINTED := platform feedback retrain sim migrations tests bench wsgi.py clients/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test test-fast screenshots lint typecheck link migrate install browsers clean
@@ -14,7 +14,7 @@ $(PY):
 
 # Full install, redone only when the dependency files change.
 $(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml | $(PY)
-	$(PIP) install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict
+	$(PIP) install -q -c constraints.txt -e '.[dev,sim]' --config-settings editable_mode=strict
 	$(PIP) install -q -c constraints.txt -e clients/python
 	touch $(STAMP)
 

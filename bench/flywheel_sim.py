@@ -3,11 +3,12 @@
     .venv/bin/python bench/flywheel_sim.py [--out sim-out/banking77] [--days 7] [--daily 500] [--noise 0.2]
         [--review-budget 100]
 
-It is `flywheel simulate` with the dataset paths filled in; add `--database-url postgresql+psycopg://…` to run
-the arms on PostgreSQL. Unless --no-shift (or your own --shift CSV) is given, clinc150's travel domain (intents
-banking77 does not have) reaches the first tenant from the shift day on. With --review-budget N, a reviewer
-decides N labels a day (the true label, through POST /v1/review/{id}) in the cleaned arm (the review queue's first
-items) and in the uncleaned arm (a random spot-check of labeled items).
+It is `flywheel simulate` (the clone's sim/ package, with the `sim` extra installed) with the dataset paths filled
+in; add `--database-url postgresql+psycopg://…` to run the arms on PostgreSQL. Unless --no-shift (or your own
+--shift CSV) is given, clinc150's travel domain (intents banking77 does not have) reaches the first tenant from the
+shift day on. With --review-budget N, a reviewer decides N labels a day (the true label, through
+POST /v1/review/{id}) in the cleaned arm (the review queue's first items) and in the uncleaned arm (a random
+spot-check of labeled items).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import csv
 import sys
 from pathlib import Path
 
-from flywheel.simulation import simulate_command
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
 
 
 def write_shift(out: Path, domain: str) -> Path:
@@ -35,6 +35,9 @@ def write_shift(out: Path, domain: str) -> Path:
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))  # sim/ is a tool in the clone, not an installed package
+    from sim.command import simulate_command
+
     if not DATA.exists():
         raise SystemExit(f"{DATA} is missing: the simulation needs ../shared/data")
     args = sys.argv[1:]

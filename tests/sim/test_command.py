@@ -1,0 +1,48 @@
+"""``flywheel simulate``: the product's CLI loads the simulation only when the command runs, and says what to
+install when the tool is not there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_importing_the_cli_loads_neither_the_simulation_nor_matplotlib() -> None:
+    code = "import sys, flywheel.cli\nprint(sorted(m for m in ('sim', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_simulate_help_is_the_simulations_own_under_the_flywheel_command() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--help"], prog_name="flywheel")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: flywheel simulate [OPTIONS]")
+    for option in ("--train", "--test", "--out", "--review-budget", "--arms", "--fine-tune-min-labels"):
+        assert option in result.output
+
+
+def test_simulate_options_are_checked_by_the_simulation(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nhello,greeting\n")
+    args = ["simulate", "--train", str(data), "--test", str(data), "--out", str(tmp_path / "out"), "--arms", "other"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "unknown arms: other" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("missing", ["matplotlib", "sim"])
+def test_simulate_without_the_tool_says_what_to_install(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    for name in [m for m in sys.modules if m == "sim" or m.startswith(("sim.", "matplotlib"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # what an import finds when the package is not installed
+    result = CliRunner().invoke(cli, ["simulate", "--help"])
+    assert result.exit_code == 1
+    assert "pip install -e '.[sim]'" in result.output and f"missing: {missing}" in result.output
