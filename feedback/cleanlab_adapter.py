@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,16 +44,12 @@ class Consensus:
     """CROWDLAB consensus over ``N`` examples labeled by ``M`` annotators.
 
     ``labels``: ``(N,)`` int consensus label; ``quality``: ``(N,)`` consensus quality in [0, 1];
-    ``agreement``: ``(N,)`` fraction of annotators agreeing with the consensus; ``annotator_quality``: ``(M,)``
-    CROWDLAB annotator quality (higher = more trustworthy).
+    ``annotator_quality``: ``(M,)`` CROWDLAB annotator quality (higher = more trustworthy).
     """
 
     labels: np.ndarray
     quality: np.ndarray
-    agreement: np.ndarray
     annotator_quality: np.ndarray
-    method: str = "crowdlab"
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _check(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,24 +80,37 @@ def find_label_issues(
     examples the batched low-memory variant (``cleanlab.experimental.label_issues_batched``) is used instead, which
     approximates ``filter_by="low_self_confidence"``.
     """
-    from cleanlab.filter import find_label_issues as _find
     from cleanlab.rank import get_label_quality_scores
 
     labels, pred_probs = _check(labels, pred_probs)
     if filter_by not in FILTER_BY:
         raise ValueError(f"filter_by must be one of {FILTER_BY}, got {filter_by!r}")
     n = len(labels)
-    suggested = pred_probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     if n == 0:
-        return LabelIssues(np.zeros(0, bool), np.zeros(0), suggested, "empty")
+        return LabelIssues(np.zeros(0, bool), np.zeros(0), np.zeros(0, dtype=np.int64), "empty")
+    suggested = pred_probs.argmax(axis=1)
     if len(np.unique(labels)) < 2:
         # cleanlab needs at least two classes among the given labels; with one, nothing can be contradicted.
-        quality = pred_probs[np.arange(n), labels]
-        return LabelIssues(np.zeros(n, bool), quality, suggested, "single_class")
+        return LabelIssues(np.zeros(n, bool), pred_probs[np.arange(n), labels], suggested, "single_class")
+    quality = np.asarray(get_label_quality_scores(labels, pred_probs, method=quality_method), dtype=np.float64)
     if n > batched_above:
-        from cleanlab.experimental.label_issues_batched import find_label_issues_batched
+        mask = _batched_mask(labels, pred_probs, quality_method, batch_size)
+        method = "find_label_issues_batched"
+    elif filter_by == "ranked":
+        mask = _ranked_mask(labels, pred_probs, quality)
+        method = f"ranked:{quality_method}"
+    else:
+        mask = _filtered_mask(labels, pred_probs, filter_by)
+        method = f"find_label_issues:{filter_by}"
+    return LabelIssues(np.asarray(mask, dtype=bool), quality, suggested, method)
 
-        mask = find_label_issues_batched(
+
+def _batched_mask(labels: np.ndarray, pred_probs: np.ndarray, quality_method: str, batch_size: int) -> np.ndarray:
+    """The low-memory mini-batch variant (no ``(K, K)`` joint in memory per class)."""
+    from cleanlab.experimental.label_issues_batched import find_label_issues_batched
+
+    return np.asarray(
+        find_label_issues_batched(
             labels=labels,
             pred_probs=pred_probs,
             batch_size=batch_size,
@@ -110,28 +119,31 @@ def find_label_issues(
             quality_score_kwargs={"method": quality_method},
             return_mask=True,
         )
-        method = "find_label_issues_batched"
-        quality = get_label_quality_scores(labels, pred_probs, method=quality_method)
-    elif filter_by == "ranked":
-        from cleanlab.count import num_label_issues
+    )
 
-        quality = get_label_quality_scores(labels, pred_probs, method=quality_method)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            low = num_label_issues(labels, pred_probs, estimation_method="off_diagonal")
-            high = num_label_issues(labels, pred_probs, estimation_method="off_diagonal_calibrated")
-        count = round((int(low) + int(high)) / 2)
-        mask = np.zeros(n, dtype=bool)
-        mask[np.argsort(quality, kind="stable")[:count]] = True
-        method = f"ranked:{quality_method}"
-    else:
-        with warnings.catch_warnings():
-            # Rare classes make cleanlab warn per class; the verdict is still defined, so keep the logs clean.
-            warnings.simplefilter("ignore")
-            mask = _find(labels, pred_probs, filter_by=filter_by, n_jobs=1)
-        method = f"find_label_issues:{filter_by}"
-        quality = get_label_quality_scores(labels, pred_probs, method=quality_method)
-    return LabelIssues(np.asarray(mask, dtype=bool), np.asarray(quality, dtype=np.float64), suggested, method)
+
+def _ranked_mask(labels: np.ndarray, pred_probs: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """The ``n`` lowest-quality labels, ``n`` the mean of cleanlab's two estimates of the number of issues."""
+    from cleanlab.count import num_label_issues
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        low = num_label_issues(labels, pred_probs, estimation_method="off_diagonal")
+        high = num_label_issues(labels, pred_probs, estimation_method="off_diagonal_calibrated")
+    count = round((int(low) + int(high)) / 2)
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[np.argsort(quality, kind="stable")[:count]] = True
+    return mask
+
+
+def _filtered_mask(labels: np.ndarray, pred_probs: np.ndarray, filter_by: str) -> np.ndarray:
+    """``cleanlab.filter.find_label_issues`` with ``filter_by`` unchanged."""
+    from cleanlab.filter import find_label_issues as _find
+
+    with warnings.catch_warnings():
+        # Rare classes make cleanlab warn per class; the verdict is still defined, so keep the logs clean.
+        warnings.simplefilter("ignore")
+        return np.asarray(_find(labels, pred_probs, filter_by=filter_by, n_jobs=1))
 
 
 def bare_find_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
@@ -139,16 +151,6 @@ def bare_find_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> np.nda
     from cleanlab.filter import find_label_issues as _find
 
     return np.asarray(_find(labels, pred_probs))
-
-
-def label_quality_scores(*, labels: np.ndarray, pred_probs: np.ndarray, method: str = "self_confidence") -> np.ndarray:
-    """``(N,)`` label quality in [0, 1] (``cleanlab.rank.get_label_quality_scores``)."""
-    from cleanlab.rank import get_label_quality_scores
-
-    labels, pred_probs = _check(labels, pred_probs)
-    if not len(labels):
-        return np.zeros(0)
-    return np.asarray(get_label_quality_scores(labels, pred_probs, method=method), dtype=np.float64)
 
 
 def multiannotator_consensus(*, labels_multiannotator: np.ndarray, pred_probs: np.ndarray) -> Consensus:
@@ -174,7 +176,6 @@ def multiannotator_consensus(*, labels_multiannotator: np.ndarray, pred_probs: n
     return Consensus(
         labels=lq["consensus_label"].to_numpy().astype(np.int64),
         quality=lq["consensus_quality_score"].to_numpy().astype(np.float64),
-        agreement=lq["annotator_agreement"].to_numpy().astype(np.float64),
         annotator_quality=stats["annotator_quality"].to_numpy().astype(np.float64),
     )
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from flywheel.core.cli_context import Context, pass_ctx
+
+if TYPE_CHECKING:
+    from flywheel.feedback.jobs import PassResult
 
 
 @click.group("labels")
@@ -20,12 +25,20 @@ def labels() -> None:
 @pass_ctx
 def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top: int) -> None:
     """Score every label of TENANT/TASK outside the holdout, flag likely errors, rate the feedback sources."""
+    result = _run_with_progress_bar(ctx, tenant_slug, task_name, no_progress)
+    click.echo(f"label-quality run {result.run_id}: {tenant_slug}/{task_name}")
+    if "message" in result.summary and not result.n_labeled:
+        click.echo(f"  {result.summary['message']}")
+        return
+    _echo_summary(result)
+    _echo_sources_and_errors(ctx, tenant_slug, task_name, top)
+
+
+def _run_with_progress_bar(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool) -> PassResult:
     from tqdm import tqdm
 
     from flywheel.core.errors import ApiError
     from flywheel.feedback.jobs import run_label_quality
-    from flywheel.feedback.results import source_reliability
-    from flywheel.feedback.review import review_queue
 
     bar = tqdm(total=100, unit="%", disable=no_progress, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
 
@@ -35,18 +48,17 @@ def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top
         bar.refresh()
 
     try:
-        result = run_label_quality(
+        return run_label_quality(
             ctx.db, ctx.settings, tenant=tenant_slug, task=task_name, progress=progress, trigger="cli"
         )
     except ApiError as exc:
         raise click.ClickException(exc.detail) from None
     finally:
         bar.close()
+
+
+def _echo_summary(result: PassResult) -> None:
     s = result.summary
-    click.echo(f"label-quality run {result.run_id}: {tenant_slug}/{task_name}")
-    if "message" in s and not result.n_labeled:
-        click.echo(f"  {s['message']}")
-        return
     click.echo(
         f"  labeled (outside the holdout): {result.n_labeled}   label issues: {result.n_issues} "
         f"({s['issue_rate']:.1%})   unlabeled scored: {result.n_unlabeled}"
@@ -63,11 +75,17 @@ def check(ctx: Context, tenant_slug: str, task_name: str, no_progress: bool, top
         f"CROWDLAB from {cons['min_overlap']})"
     )
     click.echo("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+
+
+def _echo_sources_and_errors(ctx: Context, tenant_slug: str, task_name: str, top: int) -> None:
+    """The latest finished pass's sources, worst first, and its ``top`` likely label errors (the review queue)."""
+    from sqlalchemy import select
+
+    from flywheel.feedback.results import source_reliability
+    from flywheel.feedback.review import review_queue
+    from flywheel.models.records import Task, Tenant
+
     with ctx.session() as session:
-        from sqlalchemy import select
-
-        from flywheel.models.records import Task, Tenant
-
         tenant = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug))
         task = session.scalar(select(Task).where(Task.name == task_name))
         assert tenant is not None and task is not None

@@ -50,7 +50,6 @@ class OOSProbabilities:
 
     probs: np.ndarray
     sources: np.ndarray
-    folds: int
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -180,29 +179,4 @@ def out_of_sample_probabilities(
             w = config.production_weight
             probs[use] = _normalize((1 - w) * probs[use] + w * _normalize(prod[use]))
             sources[use] = SOURCE_CV_PRODUCTION
-    return OOSProbabilities(probs=probs, sources=sources, folds=int(config.folds), timings=timings)
-
-
-def fit_predict_unlabeled(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    unlabeled: np.ndarray,
-    n_classes: int,
-    *,
-    config: OOSConfig | None = None,
-) -> np.ndarray:
-    """``(U, K)`` probabilities for unlabeled examples from models trained on all labeled ones (same mix as CV)."""
-    from threadpoolctl import threadpool_limits
-
-    config = config or OOSConfig()
-    x = np.asarray(embeddings, dtype=np.float32)
-    y = np.asarray(labels, dtype=np.int64)
-    u = np.asarray(unlabeled, dtype=np.float32)
-    if not len(u):
-        return np.zeros((0, n_classes))
-    with threadpool_limits(limits=config.threads):
-        probs = _logreg_probs(x, y, u, n_classes, config)
-        if config.knn_k > 0 and config.knn_weight > 0:
-            knn = _knn_probs(x, y, u, n_classes, config.knn_k)
-            probs = (1 - config.knn_weight) * probs + config.knn_weight * knn
-    return _normalize(probs)
+    return OOSProbabilities(probs=probs, sources=sources, timings=timings)

@@ -1,0 +1,257 @@
+"""What the label-quality pass reads: one (tenant, task)'s labeled predictions outside the evaluation holdout, with
+their feedback, the newest unlabeled predictions, the task's other tenants' labels (the pool), and embeddings.
+
+The holdout (``bucket < holdout_percent``) is never read here, so it is never scored, filtered or relabeled. Each
+loader opens its own short session: progress updates never wait on a long transaction (SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from flywheel.core.config import Settings
+from flywheel.core.db import Database
+from flywheel.domain.effective import Vote
+from flywheel.domain.embeddings import get_embeddings
+from flywheel.domain.holdout import outside_holdout
+from flywheel.models.records import Feedback, Prediction, Task
+
+#: Rungs whose logged probabilities may serve as a second out-of-sample source (zero-shot ones are too weak).
+PRODUCTION_RUNGS = ("few_shot", "fine_tuned")
+#: Texts embedded per session (and per progress step).
+EMBED_STEP = 1024
+#: Prediction ids per ``IN (...)`` query.
+ID_CHUNK = 500
+
+
+def annotator_key(vote: Vote) -> str:
+    """``source:source_id`` (``-`` for none): one annotator."""
+    return f"{vote.source}:{vote.source_id or '-'}"
+
+
+@dataclass
+class LabeledItem:
+    """One labeled prediction: its effective label, its feedback votes in time order, what the model logged."""
+
+    prediction_id: int
+    text: str
+    label: str
+    votes: list[Vote]
+    probabilities: dict[str, float] | None
+    model_version: str | None
+    created_at: datetime
+
+    @property
+    def reviewed(self) -> bool:
+        """A reviewer decided this label: that decision is final."""
+        return any(v.source == "reviewer" for v in self.votes)
+
+    def annotator_votes(self) -> dict[str, Vote]:
+        """The latest label of each non-reviewer annotator (``annotator_key``), in time order of first vote."""
+        out: dict[str, Vote] = {}
+        for v in self.votes:  # in time order: the last one wins
+            if v.source != "reviewer" and v.label is not None:
+                out[annotator_key(v)] = v
+        return out
+
+
+@dataclass(frozen=True)
+class UnlabeledItem:
+    """A prediction nobody labeled yet: what the model logged, for ActiveLab."""
+
+    prediction_id: int
+    probabilities: dict[str, float] | None
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    """Everything one pass scores for one (tenant, task).
+
+    ``production_models``: version → creation time of our own served models (``PRODUCTION_RUNGS``) that logged
+    probabilities for some of ``items``.
+    """
+
+    tenant_id: int
+    task_id: int
+    labels: list[str]
+    items: list[LabeledItem]
+    unlabeled: list[UnlabeledItem]
+    production_models: dict[str, datetime]
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Label name → class id ``0..K-1``."""
+        return {name: i for i, name in enumerate(self.labels)}
+
+    def label_ids(self) -> np.ndarray:
+        """``(N,)`` int: the effective label of each item."""
+        index = self.index
+        return np.array([index[it.label] for it in self.items], dtype=np.int64)
+
+    def production_probs(self) -> np.ndarray:
+        """``(N, K)``: the probabilities the serving model logged (rows of zeros where none was logged)."""
+        return probability_matrix([it.probabilities for it in self.items], self.labels)
+
+    def production_usable(self) -> np.ndarray:
+        """``(N,)`` bool: the logged probabilities are out-of-sample, i.e. they come from one of our own served models
+        created no later than the prediction (so it never trained on that example)."""
+        created = self.production_models
+        return np.array(
+            [bool(it.model_version in created and it.created_at >= created[it.model_version]) for it in self.items]
+        )
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The task's other tenants' labeled predictions outside their holdouts: extra cross-validation training rows,
+    never scored. ``embeddings`` ``(M, D)``, ``label_ids`` ``(M,)``."""
+
+    embeddings: np.ndarray
+    label_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+
+def probability_matrix(rows: Sequence[dict[str, float] | None], labels: list[str]) -> np.ndarray:
+    """``(len(rows), K)``: logged probabilities by label name as a matrix; names outside ``labels`` are dropped."""
+    index = {name: i for i, name in enumerate(labels)}
+    out = np.zeros((len(rows), len(labels)))
+    for r, probs in enumerate(rows):
+        for name, p in (probs or {}).items():
+            if name in index:
+                out[r, index[name]] = float(p)
+    return out
+
+
+def load_labeled_set(db: Database, settings: Settings, tenant_id: int, task_id: int) -> LabeledSet:
+    """The labeled predictions outside the holdout (effective label one of the task's), their feedback, the newest
+    ``review_unlabeled_cap`` unlabeled predictions, and the production models that logged probabilities."""
+    with db.session() as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels))
+        _attach_votes(session, items)
+        return LabeledSet(
+            tenant_id=tenant_id,
+            task_id=task_id,
+            labels=list(task.labels),
+            items=items,
+            unlabeled=_unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
+            production_models=_production_models(session, items),
+        )
+
+
+def _labeled_items(
+    session: Session, settings: Settings, tenant_id: int, task_id: int, valid: set[str]
+) -> list[LabeledItem]:
+    rows = session.execute(
+        select(
+            Prediction.id,
+            Prediction.text,
+            Prediction.effective_label,
+            Prediction.probabilities,
+            Prediction.model_version,
+            Prediction.created_at,
+        )
+        .where(
+            Prediction.tenant_id == tenant_id,
+            Prediction.task_id == task_id,
+            Prediction.effective_label.is_not(None),
+            Prediction.label_discarded.is_(False),
+            outside_holdout(settings.holdout_percent),
+        )
+        .order_by(Prediction.id)
+    ).all()
+    return [
+        LabeledItem(pid, text, label, [], probs, version, created)
+        for pid, text, label, probs, version, created in rows
+        if label in valid
+    ]
+
+
+def _attach_votes(session: Session, items: list[LabeledItem]) -> None:
+    """Fill each item's ``votes`` with its feedback, in time order (``Vote.order`` counts within one query chunk)."""
+    by_id = {it.prediction_id: it for it in items}
+    ids = list(by_id)
+    for start in range(0, len(ids), ID_CHUNK):
+        feedback = session.execute(
+            select(Feedback.prediction_id, Feedback.label, Feedback.source, Feedback.source_id, Feedback.decision)
+            .where(Feedback.prediction_id.in_(ids[start : start + ID_CHUNK]))
+            .order_by(Feedback.prediction_id, Feedback.created_at, Feedback.id)
+        )
+        for n, (pid, label, source, source_id, decision) in enumerate(feedback):
+            by_id[pid].votes.append(Vote(label, source, source_id, decision, n))
+
+
+def _unlabeled_items(session: Session, tenant_id: int, task_id: int, cap: int) -> list[UnlabeledItem]:
+    rows = session.execute(
+        select(Prediction.id, Prediction.probabilities, Prediction.label, Prediction.confidence)
+        .where(
+            Prediction.tenant_id == tenant_id,
+            Prediction.task_id == task_id,
+            Prediction.feedback_count == 0,
+            Prediction.effective_label.is_(None),
+            Prediction.label_discarded.is_(False),
+        )
+        .order_by(Prediction.created_at.desc(), Prediction.id.desc())
+        .limit(cap)
+    )
+    return [UnlabeledItem(pid, probs, label, conf) for pid, probs, label, conf in rows]
+
+
+def _production_models(session: Session, items: list[LabeledItem]) -> dict[str, datetime]:
+    """Version → creation time of the models among ``items``' logged versions that are ours and production rungs."""
+    from flywheel.models.training import ModelVersion
+
+    versions = {it.model_version for it in items if it.model_version and it.probabilities}
+    if not versions:
+        return {}
+    rows = session.execute(
+        select(ModelVersion.version, ModelVersion.rung, ModelVersion.created_at).where(
+            ModelVersion.version.in_(sorted(versions))
+        )
+    )
+    return {version: created for version, rung, created in rows if rung in PRODUCTION_RUNGS}
+
+
+def load_pool(db: Database, settings: Settings, labeled: LabeledSet, encoder: Any) -> Pool:
+    """The task's other tenants' labeled predictions (holdouts excluded: they never judge labels), embedded."""
+    index = labeled.index
+    with db.session() as session:
+        rows = session.execute(
+            select(Prediction.text, Prediction.effective_label).where(
+                Prediction.task_id == labeled.task_id,
+                Prediction.tenant_id != labeled.tenant_id,
+                Prediction.effective_label.is_not(None),
+                Prediction.label_discarded.is_(False),
+                outside_holdout(settings.holdout_percent),
+            )
+        ).all()
+        pool = [(text, label) for text, label in rows if label is not None and label in index]
+        if not pool:
+            return Pool(np.zeros((0, 0)), np.zeros(0, dtype=np.int64))
+        chunks = [
+            get_embeddings(session, [t for t, _ in pool[s : s + EMBED_STEP]], encoder=encoder)
+            for s in range(0, len(pool), EMBED_STEP)
+        ]
+    return Pool(np.concatenate(chunks), np.array([index[label] for _, label in pool], dtype=np.int64))
+
+
+def embed_texts(db: Database, texts: list[str], encoder: Any, on_step: Callable[[int], None]) -> np.ndarray:
+    """``(N, D)`` embeddings through the cache, ``EMBED_STEP`` texts per session; ``on_step(done)`` after each."""
+    chunks = []
+    for start in range(0, len(texts), EMBED_STEP):
+        with db.session() as session:
+            chunks.append(get_embeddings(session, texts[start : start + EMBED_STEP], encoder=encoder))
+        on_step(min(start + EMBED_STEP, len(texts)))
+    return np.concatenate(chunks)
