@@ -92,7 +92,7 @@ def bare_loop(args: argparse.Namespace, texts: list[str], y_idx: np.ndarray, lab
     sync()
     started = time.perf_counter()
     for batch, target in ready:
-        with _autocast(device, precision):
+        with _autocast(precision):
             logits = model(**batch).logits
         loss = loss_fn(logits.float(), target)
         opt.zero_grad(set_to_none=True)
@@ -392,12 +392,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.throughput_steps:
             # Our loop and the bare loop on the same first N batches (whole train split, no validation).
-            _, matched = fine_tune(
+            _, matched_stats = fine_tune(
                 train_x,
                 train_y,
                 labels,
                 config=config(max_steps=args.throughput_steps, val_fraction=0.0, head_init="random"),
             )
+            matched = matched_stats.to_dict()
             bare = bare_loop(args, train_x, y_idx, labels, args.throughput_steps)
             results["ours_matched"] = {
                 k: matched[k] for k in ("steps", "samples_seen", "train_seconds", "samples_per_second")
@@ -435,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                 last[0] = fraction
                 print(f"    [{fraction:5.1%}] {message}", flush=True)
 
-        clf, stats = fine_tune(train_x, train_y, labels, config=cfg, progress=progress)
+        clf, fine_tune_stats = fine_tune(train_x, train_y, labels, config=cfg, progress=progress)
+        stats = fine_tune_stats.to_dict()
         results["fine_tune"] = stats
         ours = stats["samples_per_second"]
         show(

@@ -16,7 +16,6 @@ from flywheel.core.db import Database
 from flywheel.feedback.cli import labels
 from flywheel.monitoring.cli import monitor
 from flywheel.retrain.cli import retrain
-from flywheel.simulation import simulate_command
 from flywheel.web.context import EXTENSION
 
 
@@ -275,14 +274,71 @@ def scheduler(ctx: Context) -> None:
         service = SchedulerService(ctx.db, ctx.settings)
     except ValueError as exc:
         raise click.ClickException(f"invalid schedule: {exc}") from None
-    freeze_loaded_libraries()
+    if not ctx.settings.broker_url:  # with a broker the heavy jobs (and their libraries) live in the workers
+        freeze_loaded_libraries()
     service.run_forever()
+
+
+@cli.command()
+@click.option("--queues", help="Comma-separated queues to consume (default: cpu, plus gpu where CUDA is available).")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Jobs this worker runs at once.")
+@pass_ctx
+def worker(ctx: Context, queues: str | None, concurrency: int) -> None:
+    """A Celery worker for the heavy jobs (training runs, label-quality and monitoring passes), on any machine
+    that reaches the database, the broker (FLYWHEEL_BROKER_URL) and the artifacts."""
+    from flywheel.worker import run_worker
+
+    if not ctx.settings.broker_url:
+        raise click.ClickException("set FLYWHEEL_BROKER_URL (for example redis://127.0.0.1:6379/0) to run workers")
+    if concurrency < 1:
+        raise click.ClickException("--concurrency must be at least 1")
+    logging.getLogger("flywheel").setLevel(logging.INFO)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    run_worker(ctx.settings, queues=chosen, concurrency=concurrency)
+
+
+# --- the simulation (a development tool) -------------------------------------------------------------------------
+
+SIM_INSTALL_HINT = (
+    "the simulation is a development tool: run it from a clone with `pip install -e '.[sim]'` "
+    "(its code lives in the clone's sim/ folder, matplotlib comes with the sim extra)"
+)
+
+
+def load_simulation_command() -> click.Command:
+    """The simulation's command, from the ``sim`` package of the clone this Flywheel is installed from.
+
+    The console script does not put the clone on ``sys.path``; an editable install links this file from the clone's
+    platform/, so the clone is two folders up. A package installed from a wheel has no sim/ beside it."""
+    clone = Path(__file__).resolve().parents[1]
+    if (clone / "sim" / "__init__.py").is_file() and str(clone) not in sys.path:
+        sys.path.append(str(clone))
+    try:
+        from sim.command import simulate_command
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in {"sim", "matplotlib"}:
+            raise
+        raise click.ClickException(f"{SIM_INSTALL_HINT}; missing: {exc.name}") from None
+    return simulate_command
+
+
+@cli.command(
+    "simulate",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def simulate(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """Replay labeled text as production traffic through a running server, over simulated days."""
+    command = load_simulation_command()  # its options, --help included, are the simulation's own
+    with command.make_context(ctx.info_name, list(args), parent=ctx.parent) as sub:
+        command.invoke(sub)
 
 
 cli.add_command(retrain)
 cli.add_command(monitor)
 cli.add_command(labels)
-cli.add_command(simulate_command)
 
 
 def main() -> None:

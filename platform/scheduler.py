@@ -9,7 +9,9 @@ Exactly one scheduler is active. Two database mechanisms make that hold without 
 
 APScheduler keeps its job definitions in the application database (``SQLAlchemyJobStore``; the table
 ``apscheduler_jobs`` is excluded from Alembic). Every job has an explicit id and is re-registered with
-``replace_existing=True`` at start. Training runs execute in a worker thread of this process; web workers never train.
+``replace_existing=True`` at start. Without a broker, jobs run in this process (training runs in a worker
+thread); with ``FLYWHEEL_BROKER_URL`` set, the scheduler only dispatches them to Celery workers
+(``flywheel.worker``): the same job functions, only the dispatch differs. Web workers never train.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ def last_fire_time(trigger: Any, now: datetime, *, lookback: timedelta = timedel
         last = fire
         fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
     return last
+
+
+def fire_key(trigger: Any, now: datetime) -> str:
+    """The once-per-fire key of a cron job at ``now``: its trigger's latest fire time (``now`` without a trigger)."""
+    fire = last_fire_time(trigger, now) if trigger is not None else None
+    return (fire or now).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_triggers(settings: Settings) -> dict[str, Any]:
+    """The scheduler's jobs and their triggers, by job id (a bad cron string fails here)."""
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    return {
+        JOB_NIGHTLY: CronTrigger.from_crontab(settings.retrain_cron, timezone=UTC),
+        JOB_MONITORING: CronTrigger.from_crontab(settings.monitor_cron, timezone=UTC),
+        JOB_POLL: IntervalTrigger(seconds=settings.training_poll_seconds, timezone=UTC),
+        JOB_EARLY: IntervalTrigger(seconds=settings.early_retrain_check_seconds, timezone=UTC),
+    }
 
 
 def run_once(db: Database, job_id: str, fire_key: str, owner: str, fn: Callable[[], Any]) -> bool:
@@ -196,6 +217,7 @@ class SchedulerService:
         self._thread: threading.Thread | None = None
         self._training = threading.Lock()
         self._trainer: threading.Thread | None = None
+        self._celery: Any = None  # the Celery app when jobs are dispatched to workers (a broker URL is set)
         self.triggers: dict[str, Any] = self._build_triggers()  # a bad cron string fails here, at start-up
 
     # lifecycle
@@ -260,17 +282,7 @@ class SchedulerService:
         self.poll()  # queued runs start now, not one poll interval later
 
     def _build_triggers(self) -> dict[str, Any]:
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        triggers = {
-            JOB_NIGHTLY: CronTrigger.from_crontab(self.settings.retrain_cron, timezone=UTC),
-            JOB_MONITORING: CronTrigger.from_crontab(self.settings.monitor_cron, timezone=UTC),
-            JOB_POLL: IntervalTrigger(seconds=self.settings.training_poll_seconds, timezone=UTC),
-            JOB_EARLY: IntervalTrigger(seconds=self.settings.early_retrain_check_seconds, timezone=UTC),
-        }
-        triggers.update(self.trigger_overrides)
-        return triggers
+        return {**job_triggers(self.settings), **self.trigger_overrides}
 
     def _start_scheduler(self) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -311,18 +323,31 @@ class SchedulerService:
         """Run a cron job once for its latest fire time (no matter how many processes fire it)."""
         if not self.leading.is_set():
             return False
-        now = now or utcnow()
-        trigger = self.triggers.get(job_id)
-        fire = last_fire_time(trigger, now) if trigger is not None else None
-        fire_key = (fire or now).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return run_once(self.db, job_id, fire_key, self.owner, fn)
+        return run_once(self.db, job_id, fire_key(self.triggers.get(job_id), now or utcnow()), self.owner, fn)
 
-    def nightly(self) -> list[int]:
+    @property
+    def celery(self) -> Any:
+        """The Celery app when a broker is configured (jobs go to workers), else None (jobs run here)."""
+        if self._celery is None and self.settings.broker_url:
+            from flywheel.worker import make_celery
+
+            self._celery = make_celery(self.settings)
+        return self._celery
+
+    def nightly(self) -> Any:
+        if self.celery is not None:
+            from flywheel.worker import dispatch_nightly
+
+            return {"label_quality_scopes": dispatch_nightly(self.db, self.settings, self.celery)}
         queued = nightly_pipeline(self.db, self.settings)
         self.poll()
         return queued
 
     def monitoring(self) -> Any:
+        if self.celery is not None:
+            from flywheel.worker import dispatch_monitoring
+
+            return {"monitoring_scopes": dispatch_monitoring(self.db, self.celery)}
         from flywheel.monitoring.jobs import run_monitoring
 
         result = run_monitoring(self.db, self.settings)
@@ -340,8 +365,16 @@ class SchedulerService:
         return queued
 
     def poll(self) -> None:
-        """Hand queued runs to the training thread when it is idle (one training at a time per scheduler)."""
+        """Send queued runs to the workers (with a broker), or hand them to this process's training thread when
+        it is idle (one training at a time per scheduler)."""
         if not self.leading.is_set() or self._stop.is_set():
+            return
+        if self.celery is not None:
+            from flywheel.retrain.jobs import recover_stale_runs
+            from flywheel.worker import dispatch_queued_runs
+
+            recover_stale_runs(self.db, self.settings)
+            dispatch_queued_runs(self.db, self.settings, self.celery)
             return
         if not self._training.acquire(blocking=False):
             return

@@ -5,23 +5,21 @@ that holds a ``metadata.json`` (rung, labels, base model, plus whatever the call
 The fine-tuned rung is a ``save_pretrained`` directory (safetensors + tokenizer) beside that file.
 
 torch, transformers and sklearn are imported inside the functions: importing this module costs nothing in a web
-worker. The transformers training loop lives in ``flywheel.retrain.finetune``.
+worker. The transformers training loop lives in ``flywheel.retrain.finetune``, the ONNX INT8 export in
+``flywheel.retrain.onnx_int8``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
-import math
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from flywheel.retrain.onnx_int8 import build_onnx_int8, onnx_session, onnxruntime_available, sha256
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -245,33 +243,17 @@ def train_few_shot(
     idx = label_indices(y, labels)
     if len(idx) != len(texts) and embeddings is None:
         raise ValueError(f"{len(texts)} texts but {len(idx)} labels")
-    present = np.unique(idx)
-    if len(present) < 2:
+    if len(np.unique(idx)) < 2:
         raise ValueError("the few-shot head needs examples of at least 2 labels")
-    if embeddings is None:
-        from flywheel.domain.encoder import load_encoder
-
-        embeddings = load_encoder(base_model).embed(list(texts))
-    X = np.asarray(embeddings, dtype=np.float32)
-    if X.shape[0] != len(idx):
-        raise ValueError(f"{X.shape[0]} embeddings but {len(idx)} labels")
-    started = time.perf_counter()
-    # C=10 suits unit-norm embeddings (the default 1.0 over-regularizes them: measured on banking77).
+    X = _frozen_features(texts, embeddings, base_model, n=len(idx))
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if weights is not None and weights.shape != (len(idx),):
         raise ValueError(f"{len(idx)} labels but sample_weight has shape {weights.shape}")
-    head = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    head.fit(X, idx, sample_weight=weights)
-    coef = np.zeros((len(labels), X.shape[1]), dtype=np.float32)
-    intercept = np.full(len(labels), -np.inf, dtype=np.float32)
-    classes = head.classes_.astype(np.int64)
-    if len(classes) == 2:  # sklearn stores one row for two classes: logits (0, z) give the same softmax
-        coef[classes[1]] = head.coef_[0]
-        intercept[classes[1]] = head.intercept_[0]
-        intercept[classes[0]] = 0.0
-    else:
-        coef[classes] = head.coef_
-        intercept[classes] = head.intercept_
+    started = time.perf_counter()
+    # C=10 suits unit-norm embeddings (the default 1.0 over-regularizes them: measured on banking77).
+    head = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(X, idx, sample_weight=weights)
+    coef, intercept, classes = per_label_coefficients(head, len(labels))
+    intercept[np.setdiff1d(np.arange(len(labels)), classes)] = -np.inf
     info = {
         "train_samples": len(idx),
         "train_labels_present": len(classes),
@@ -285,6 +267,34 @@ def train_few_shot(
     )
 
 
+def _frozen_features(
+    texts: Sequence[str], embeddings: np.ndarray | None, base_model: str | Path | None, *, n: int
+) -> np.ndarray:
+    """``(N, D)`` float32: the given embeddings, or the texts embedded by the base encoder."""
+    if embeddings is None:
+        from flywheel.domain.encoder import load_encoder
+
+        embeddings = load_encoder(base_model).embed(list(texts))
+    X = np.asarray(embeddings, dtype=np.float32)
+    if X.shape[0] != n:
+        raise ValueError(f"{X.shape[0]} embeddings but {n} labels")
+    return X
+
+
+def per_label_coefficients(head: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fitted sklearn ``LogisticRegression`` as one weight row ``(K, D)`` and bias ``(K,)`` per label of the task,
+    and the label indices it saw. Labels it never saw get zeros (the caller decides their bias); for two classes
+    sklearn's one row becomes logits ``(0, z)``, which give the same softmax."""
+    classes = head.classes_.astype(np.int64)
+    coef = np.zeros((n_labels, head.coef_.shape[1]), dtype=np.float32)
+    intercept = np.zeros(n_labels, dtype=np.float32)
+    if len(classes) == 2:
+        coef[classes[1]], intercept[classes[1]] = head.coef_[0], head.intercept_[0]
+    else:
+        coef[classes], intercept[classes] = head.coef_, head.intercept_
+    return coef, intercept, classes
+
+
 # --------------------------------------------------------------------------------------------------- fine-tuned
 
 
@@ -292,106 +302,6 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def onnxruntime_available() -> bool:
-    """Whether the optimized CPU variant can be built and served: it needs ``onnxruntime`` and ``onnx``."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
-
-
-def build_onnx_int8(model: Any, tokenizer: Any) -> bytes:
-    """The optimized CPU variant of a fine-tuned sequence classifier, as an ONNX model (bytes).
-
-    Three steps: export with torch's TorchScript-based exporter (``dynamo=False``: it needs nothing beyond ``onnx``)
-    with dynamic batch and sequence axes, tracing ``input_ids, attention_mask -> logits``, under eager attention
-    (the plain matmul/softmax graph that ONNX Runtime's BERT optimizer recognizes); fuse with that optimizer
-    (embedding + LayerNorm, multi-head attention, bias + GELU, residual + LayerNorm into single kernels); quantize
-    dynamically to INT8 (signed weights per output channel, activations per tensor at run time; the classifier's
-    Gemm stays fp32). The mean-pooling head exports as it is. The same weights give the same bytes.
-
-    Per-channel weights agreed with fp32 on 98.8% of banking77, per-tensor on 97.1%, and ``reduce_range`` (7-bit,
-    the usual advice for AVX2 without VNNI) did worse: 98.6% and 92.3%.
-    """
-    import onnx
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    class _Logits(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    sample = tokenizer(["a b c d e", "a"], padding=True, return_tensors="pt")
-    config = model.config
-    before = getattr(config, "_attn_implementation", None)
-    wrapper = _Logits(model).eval()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation warnings of the TorchScript exporter
-        if before not in (None, "eager"):
-            model.set_attn_implementation("eager")
-        try:
-            torch.onnx.export(
-                wrapper,
-                (sample["input_ids"], sample["attention_mask"]),
-                f"{tmp}/fp32.onnx",
-                dynamo=False,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["logits"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    "logits": {0: "batch"},
-                },
-                opset_version=17,
-            )
-        finally:
-            if before not in (None, "eager"):
-                model.set_attn_implementation(before)
-            model.eval()
-        fused = optimize_model(
-            f"{tmp}/fp32.onnx",
-            model_type="bert",
-            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-        )
-        fused.save_model_to_file(f"{tmp}/fused.onnx")
-        # Shape inference can't type the outputs of ORT's fused ops (com.microsoft domain): they are float.
-        root = logging.getLogger()
-        root.addFilter(_no_preprocessing_hint)  # the quantizer logs this hint to the root logger on every call
-        try:
-            quantize_dynamic(
-                f"{tmp}/fused.onnx",
-                f"{tmp}/int8.onnx",
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        finally:
-            root.removeFilter(_no_preprocessing_hint)
-        return Path(f"{tmp}/int8.onnx").read_bytes()
-
-
-def _no_preprocessing_hint(record: logging.LogRecord) -> bool:
-    return "pre-processing before quantization" not in record.getMessage()
-
-
-def _onnx_session(data: bytes, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)  # as many as torch uses: the same share of the machine
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -496,7 +406,7 @@ class FineTunedClassifier:
             train_info=self.train_info,
             optimization=self.optimization,
             source_dir=self.source_dir,
-            session=_onnx_session(data, torch.get_num_threads()),
+            session=onnx_session(data, torch.get_num_threads()),
             onnx_model=data,
             fallback=self if self.fallback_margin > 0 else None,
             fallback_margin=self.fallback_margin,
@@ -566,9 +476,9 @@ def _load_optimized(clf: FineTunedClassifier, path: Path) -> FineTunedClassifier
         return clf
     file = path / ONNX_FILE
     data = file.read_bytes() if file.exists() else None
-    if data is None or _sha256(data) != opt.get("onnx_sha256"):
+    if data is None or sha256(data) != opt.get("onnx_sha256"):
         data = build_onnx_int8(clf.model, clf.tokenizer)  # the same weights give the same bytes...
-        if _sha256(data) != opt.get("onnx_sha256"):  # ...unless the exporter or ONNX Runtime changed: not verified
+        if sha256(data) != opt.get("onnx_sha256"):  # ...unless the exporter or ONNX Runtime changed: not verified
             log.warning("optimized variant of %s differs from the verified one; serving fp32", path)
             return clf
     clf.fallback_margin = float(opt.get("fallback_margin", 0.0))
@@ -645,7 +555,7 @@ def verify_optimized(
         "min_agreement": min_agreement,
         "checked_on": len(texts),
         "fallback_margin": fast.fallback_margin if fast.fallback is not None else 0.0,
-        "onnx_sha256": _sha256(fast.onnx_model),
+        "onnx_sha256": sha256(fast.onnx_model),
         "onnxruntime": onnxruntime.__version__,
     }
     fast.optimization = clf.optimization
@@ -654,6 +564,4 @@ def verify_optimized(
         meta = read_metadata(clf.source_dir)
         meta["optimization"] = clf.optimization
         (clf.source_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if not math.isfinite(agreement):  # pragma: no cover - defensive
-        return 0.0, False
     return agreement, accepted

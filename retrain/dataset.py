@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EMBED_CHUNK = 512  # texts embedded (and cached) per transaction
+
 
 @dataclass
 class LabeledSet:
@@ -147,7 +149,7 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
     )
 
 
-def embeddings_for(db: Database, texts: list[str], base_model: str | None, *, chunk: int = 512) -> Any:
+def embeddings_for(db: Database, texts: list[str], base_model: str | None) -> Any:
     """Frozen-encoder embeddings through the shared embedding cache (each text is embedded once per encoder).
 
     One short transaction per chunk: on SQLite a transaction holds the write lock, and ingestion must not wait
@@ -157,7 +159,7 @@ def embeddings_for(db: Database, texts: list[str], base_model: str | None, *, ch
 
     encoder = load_encoder(base_model or None)
     parts = []
-    for start in range(0, len(texts), chunk):
+    for start in range(0, len(texts), EMBED_CHUNK):
         with db.session() as session:
-            parts.append(np.asarray(get_embeddings(session, texts[start : start + chunk], encoder=encoder)))
+            parts.append(np.asarray(get_embeddings(session, texts[start : start + EMBED_CHUNK], encoder=encoder)))
     return np.concatenate(parts) if parts else encoder.embed([])

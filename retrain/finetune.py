@@ -3,31 +3,35 @@
 A plain PyTorch loop over ``AutoModelForSequenceClassification`` rather than ``transformers.Trainer``: it is a
 short loop, it runs as fast as a bare loop on the same batches (bench/train.py measures both), and it gives direct
 control over class weights, mixed precision, early stopping and the progress callback the job writes to its
-status row. What it does, in order:
+status row. :func:`fine_tune` reads as its stages, like transformers' ``run_glue.py``:
 
-- seeds Python, NumPy and torch (``transformers.set_seed``) before the head is initialized;
-- splits a stratified validation set off the training texts (early stopping watches its loss, and the best
-  epoch's weights are restored);
-- tokenizes once, then pads each batch to its own longest text (dynamic padding), with batches grouped by length;
-- weights the loss by inverse class frequency (``balanced``) so rare labels count, and each example by its
-  ``sample_weight`` (the label-quality pass's probability that its label is right);
-- on CUDA runs under bf16 autocast, or fp16 autocast with a GradScaler where bf16 is missing; fp32 on CPU.
+- build the model: seed Python, NumPy and torch (``transformers.set_seed``), then load the base and a fresh head;
+- prepare the data (:func:`prepare_split`): a stratified validation set split off the training texts (early
+  stopping watches it, and the best epoch's weights are restored), every text tokenized once; batches are
+  padded to their own longest text (dynamic padding) and grouped by length;
+- initialize the head: from a logistic regression on the base's features (linear probe, then fine-tune all);
+- train epochs with early stopping: the loss weighted by inverse class frequency (``balanced``) so rare labels
+  count, and each example by its ``sample_weight`` (the label-quality pass's probability that its label is
+  right); on CUDA under bf16 autocast, or fp16 autocast with a GradScaler where bf16 is missing; fp32 on CPU;
+- evaluate (the best epoch's validation metrics) and return the classifier with typed :class:`FineTuneStats`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flywheel.retrain.architectures import load_model_for_training
-from flywheel.retrain.classifiers import FineTunedClassifier, base_name, label_indices
+from flywheel.retrain.classifiers import FineTunedClassifier, base_name, label_indices, per_label_coefficients
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -188,7 +192,7 @@ def evaluate_logits(
     out: np.ndarray | None = None
     order = np.argsort([len(r) for r in ids], kind="stable")
     model.eval()
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), _autocast(precision):
         for start in range(0, len(ids), batch_size):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate(ids, idx, pad_id).items()}
@@ -233,14 +237,8 @@ def linear_probe_init(
     features = np.zeros((len(ids), captured[0].shape[1]), dtype=np.float32)
     features[order] = np.concatenate(captured)
     probe = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(features, y, sample_weight=sample_weight)
-    n_labels, dim = model.classifier.weight.shape
-    weight = np.zeros((n_labels, dim), dtype=np.float32)
-    bias = np.zeros(n_labels, dtype=np.float32)
-    classes = probe.classes_.astype(np.int64)
-    if len(classes) == 2:
-        weight[classes[1]], bias[classes[1]] = probe.coef_[0], probe.intercept_[0]
-    else:
-        weight[classes], bias[classes] = probe.coef_, probe.intercept_
+    n_labels = model.classifier.weight.shape[0]
+    weight, bias, classes = per_label_coefficients(probe, n_labels)
     absent = np.setdiff1d(np.arange(n_labels), classes)
     bias[absent] = bias[classes].min() - 10.0  # labels with no example start improbable
     with torch.no_grad():
@@ -249,7 +247,8 @@ def linear_probe_init(
     return float(probe.score(features, y))
 
 
-def _autocast(device: str, precision: str) -> Any:
+def _autocast(precision: str) -> Any:
+    """bf16 or fp16 autocast on CUDA; nothing (fp32) otherwise."""
     import contextlib
 
     import torch
@@ -267,6 +266,89 @@ def _cross_entropy_np(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
+# ------------------------------------------------------------------------------------------------ typed results
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The prepared data: tokenized training rows (label index and example weight each) and validation rows."""
+
+    train_ids: list[list[int]]
+    train_y: np.ndarray  # (N,) label indices
+    train_w: np.ndarray  # (N,) example weights
+    val_ids: list[list[int]]
+    val_y: np.ndarray  # (M,) label indices; M is 0 without validation (and then there is no early stopping)
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.val_ids) > 0
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch: the optimizer steps taken so far and, with a validation split, its loss and accuracy."""
+
+    epoch: int
+    steps: int
+    val_loss: float | None = None  # rounded to 6 decimals, as recorded
+    val_accuracy: float | None = None
+
+    def validation_metrics(self) -> dict[str, float]:
+        """``val_loss`` and ``val_accuracy``, where measured."""
+        values = {"val_loss": self.val_loss, "val_accuracy": self.val_accuracy}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "steps": self.steps, **self.validation_metrics()}
+
+    def is_finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.validation_metrics().values())
+
+
+@dataclass
+class TrainingLog:
+    """How the epochs went: steps, samples, the optimizer steps' time, each epoch's result, an early stop."""
+
+    steps: int = 0
+    samples: int = 0
+    epochs_run: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    history: list[EpochResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FineTuneStats:
+    """What a fine-tuning run did, returned beside the classifier (``to_dict()``: the recorded shape)."""
+
+    train_samples: int
+    val_samples: int
+    steps: int
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    history: list[EpochResult]
+    metrics: dict[str, float]  # the best epoch's validation metrics
+    class_weights: list[float] | None
+    probe_train_accuracy: float | None
+    device: str
+    precision: str
+    samples_seen: int
+    train_seconds: float  # the optimizer steps only (validation excluded)
+    samples_per_second: float
+    wall_seconds: float
+    config: dict[str, Any]  # the FineTuneConfig, less the base model's path
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["history"] = [epoch.to_dict() for epoch in self.history]
+        return out
+
+    def finished_cleanly(self) -> bool:
+        """No epoch's validation loss or accuracy is NaN or infinite."""
+        return all(epoch.is_finite() for epoch in self.history)
+
+
 # ------------------------------------------------------------------------------------------------- fine-tuning
 
 
@@ -276,15 +358,13 @@ def fine_tune(
     labels: Sequence[str],
     *,
     config: FineTuneConfig,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Progress | None = None,
     sample_weight: Sequence[float] | np.ndarray | None = None,
-) -> tuple[FineTunedClassifier, dict[str, Any]]:
+) -> tuple[FineTunedClassifier, FineTuneStats]:
     """Fine-tune the base encoder with a classification head on ``texts`` / ``y`` (names or indices), each
     example's loss weighted by ``sample_weight`` (N,) when given.
 
-    Returns the classifier (best validation epoch, on ``config.device``) and run statistics: samples, steps,
-    epochs run, whether it stopped early, validation loss/accuracy per epoch, class weights, precision, the
-    training time and samples/s of the optimizer steps (validation excluded), and the total wall time.
+    Returns the classifier (best validation epoch, on ``config.device``) and its :class:`FineTuneStats`.
     ``progress(fraction, message)`` is called as it runs, ending with ``1.0``.
     """
     import torch
@@ -293,191 +373,304 @@ def fine_tune(
     from flywheel.domain.encoder import base_model_path
 
     wall_started = time.perf_counter()
-    labels = list(labels)
-    texts = list(texts)
+    cfg, labels, texts = config, list(labels), list(texts)
+    y_idx, example_weights = _checked_targets(texts, y, labels, sample_weight)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(device, cfg.precision)
+    report = _clamped(progress)
+
+    report(0.0, "loading base model")
+    set_seed(cfg.seed)  # before the head is initialized
+    tokenizer, model = load_model_for_training(base_model_path(cfg.base_model), labels, pooling=cfg.pooling)
+    model.to(device).train()
+    pad_id = int(tokenizer.pad_token_id or 0)
+    split = prepare_split(tokenizer, texts, y_idx, example_weights, cfg)
+    probe_accuracy = init_head(model, split, pad_id, device, cfg, report)
+    loop = _Loop(
+        model, split, cfg, device=device, precision=precision, pad_id=pad_id, n_labels=len(labels), report=report
+    )
+    stopping = EarlyStopping(cfg.monitor, patience=cfg.patience, min_delta=cfg.min_delta)
+    log = train_epochs(loop, stopping)
+    stopping.restore_best(model, epochs_run=log.epochs_run)
+    model.eval()
+    stats = _stats(cfg, split, log, stopping, loop, probe_accuracy, wall_started)
+    clf = _classifier(model, tokenizer, labels, cfg, stats)
+    report(1.0, f"done: {log.steps} steps, {log.epochs_run} epochs, best epoch {stats.best_epoch}")
+    return clf, stats
+
+
+def _checked_targets(
+    texts: Sequence[str],
+    y: Sequence[Any] | np.ndarray,
+    labels: Sequence[str],
+    sample_weight: Sequence[float] | np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label indices ``(N,)`` and example weights ``(N,)`` (ones when none are given), checked against the texts."""
     y_idx = label_indices(y, labels)
     if len(texts) != len(y_idx):
         raise ValueError(f"{len(texts)} texts but {len(y_idx)} labels")
     if len(np.unique(y_idx)) < 2:
         raise ValueError("fine-tuning needs examples of at least 2 labels")
-    example_weights = np.ones(len(y_idx)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    if example_weights.shape != (len(y_idx),):
-        raise ValueError(f"{len(y_idx)} labels but sample_weight has shape {example_weights.shape}")
-    cfg = config
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision(device, cfg.precision)
-    base = base_model_path(cfg.base_model)
+    weights = np.ones(len(y_idx)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (len(y_idx),):
+        raise ValueError(f"{len(y_idx)} labels but sample_weight has shape {weights.shape}")
+    return y_idx, weights
 
+
+def _clamped(progress: Progress | None) -> Progress:
     def report(fraction: float, message: str) -> None:
         if progress is not None:
             progress(min(1.0, max(0.0, fraction)), message)
 
-    report(0.0, "loading base model")
-    set_seed(cfg.seed)
-    tokenizer, model = load_model_for_training(base, labels, pooling=cfg.pooling)
-    model.to(device).train()
-    pad_id = int(tokenizer.pad_token_id or 0)
+    return report
 
+
+def prepare_split(
+    tokenizer: Any, texts: Sequence[str], y_idx: np.ndarray, example_weights: np.ndarray, cfg: FineTuneConfig
+) -> TrainingSplit:
+    """Split off the validation rows (stratified, ``cfg.val_fraction``) and tokenize every text once."""
     train_idx, val_idx = split_validation(y_idx, cfg.val_fraction, cfg.seed)
     ids = tokenize(tokenizer, texts, cfg.max_length)
-    train_ids = [ids[i] for i in train_idx]
-    train_y = y_idx[train_idx]
-    train_w = example_weights[train_idx]
-    val_ids = [ids[i] for i in val_idx]
-    val_y = y_idx[val_idx]
-    lengths = [len(r) for r in train_ids]
-    probe_accuracy = None
-    if cfg.head_init == "linear_probe":
-        report(0.0, "fitting the linear probe that initializes the classifier")
-        probe_accuracy = linear_probe_init(
-            model, train_ids, train_y, pad_id, device, c=cfg.probe_c, seed=cfg.seed, sample_weight=train_w
-        )
-    elif cfg.head_init != "random":
+    return TrainingSplit(
+        train_ids=[ids[i] for i in train_idx],
+        train_y=y_idx[train_idx],
+        train_w=example_weights[train_idx],
+        val_ids=[ids[i] for i in val_idx],
+        val_y=y_idx[val_idx],
+    )
+
+
+def init_head(
+    model: Any, split: TrainingSplit, pad_id: int, device: str, cfg: FineTuneConfig, report: Progress
+) -> float | None:
+    """Start the classifier from the linear probe (returns its training accuracy), or leave it random (None)."""
+    if cfg.head_init == "random":
+        return None
+    if cfg.head_init != "linear_probe":
         raise ValueError(f"head_init must be 'linear_probe' or 'random', not {cfg.head_init!r}")
+    report(0.0, "fitting the linear probe that initializes the classifier")
+    return linear_probe_init(
+        model, split.train_ids, split.train_y, pad_id, device, c=cfg.probe_c, seed=cfg.seed, sample_weight=split.train_w
+    )
 
-    weights = balanced_class_weights(train_y, len(labels)) if cfg.class_weights else None
-    class_w = torch.tensor(weights, device=device, dtype=torch.float32) if weights is not None else None
-    per_example = torch.nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing, reduction="none")
 
-    def loss_fn(logits: Any, target: Any, example_w: Any) -> Any:
-        """The class-weighted mean cross-entropy (as ``CrossEntropyLoss`` computes it), each example also weighted."""
-        w = example_w if class_w is None else example_w * class_w[target]
-        return (per_example(logits, target) * example_w).sum() / w.sum().clamp_min(1e-12)
+@dataclass
+class EarlyStopping:
+    """Watches the validation score after each epoch and keeps the best epoch's weights (on the CPU)."""
 
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    optimizer = _optimizer(model, cfg, device)
-    scheduler = _linear_warmup(optimizer, total_steps, int(cfg.warmup_ratio * total_steps))
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    rng = np.random.default_rng(cfg.seed)
-    train_y_t = torch.tensor(train_y, dtype=torch.long)
-    train_w_t = torch.tensor(train_w, dtype=torch.float32)
-    report_every = max(1, total_steps // 100)
-
-    history: list[dict[str, Any]] = []
+    monitor: str  # "val_accuracy" (ties broken by the lower loss) or "val_loss"
+    patience: int  # epochs without a better score before stopping
+    min_delta: float
     best_score: tuple[float, float] = (-math.inf, -math.inf)
+    best_epoch: int = 0
     best_state: dict[str, Any] | None = None
-    best_epoch = 0
-    bad_epochs = 0
-    step = 0
-    epochs_run = 0
-    samples = 0
-    train_seconds = 0.0
-    stopped_early = False
-    running_loss = torch.zeros((), device=device)
-    running_n = 0
+    bad_epochs: int = 0
 
-    for epoch in range(1, cfg.epochs + 1):
-        if step >= total_steps:
-            break
-        epochs_run = epoch
-        batches = make_batches(lengths, cfg.batch_size, rng, group_by_length=cfg.group_by_length)
-        batches = batches[: total_steps - step]
+    def update(self, epoch: int, accuracy: float, loss: float, model: Any) -> None:
+        score = _score(self.monitor, accuracy, loss)
+        if _improves(score, self.best_score, self.min_delta):
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def restore_best(self, model: Any, *, epochs_run: int) -> None:
+        """Load the best epoch's weights, unless the last epoch was the best (or nothing was validated)."""
+        if self.best_state is not None and self.best_epoch != epochs_run:
+            model.load_state_dict(self.best_state)
+
+
+class _Loop:
+    """What the epochs share: the model and its data, the weighted loss, AdamW with its warm-up schedule, (fp16)
+    the grad scaler, and the running log. ``train_epoch`` runs one epoch's optimizer steps; ``validate`` scores it."""
+
+    def __init__(
+        self,
+        model: Any,
+        split: TrainingSplit,
+        cfg: FineTuneConfig,
+        *,
+        device: str,
+        precision: str,
+        pad_id: int,
+        n_labels: int,
+        report: Progress,
+    ) -> None:
+        import torch
+
+        self.model, self.split, self.cfg, self.report = model, split, cfg, report
+        self.device, self.precision, self.pad_id = device, precision, pad_id
+        self.class_weights = balanced_class_weights(split.train_y, n_labels) if cfg.class_weights else None
+        self.loss_fn = _weighted_loss(self.class_weights, cfg.label_smoothing, device)
+        self.total_steps = math.ceil(len(split.train_ids) / cfg.batch_size) * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.optimizer = _optimizer(model, cfg, device)
+        self.scheduler = _linear_warmup(self.optimizer, self.total_steps, int(cfg.warmup_ratio * self.total_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.train_y = torch.tensor(split.train_y, dtype=torch.long)  # CPU tensors, indexed per batch
+        self.train_w = torch.tensor(split.train_w, dtype=torch.float32)
+        self.log = TrainingLog()
+        self.running_loss = torch.zeros((), device=device)  # read back once per progress report, not per step
+        self.running_n = 0
+
+    def train_epoch(self, epoch: int, batches: list[np.ndarray]) -> None:
+        split, device, log = self.split, self.device, self.log
+        report_every = max(1, self.total_steps // 100)
         _sync(device)
         epoch_started = time.perf_counter()
         # The epoch's batches are padded and moved to the device before its first step: a copy from pageable
         # host memory inside the loop would stall the host until the GPU drained its queue, every step.
         ready = [
             (
-                {k: v.to(device) for k, v in collate(train_ids, index, pad_id).items()},
-                train_y_t[index].to(device),
-                train_w_t[index].to(device),
+                {k: v.to(device) for k, v in collate(split.train_ids, index, self.pad_id).items()},
+                self.train_y[index].to(device),
+                self.train_w[index].to(device),
             )
             for index in batches
         ]
         for index, (batch, target, example_w) in zip(batches, ready, strict=True):
-            with _autocast(device, precision):
-                logits = model(**batch).logits
-            loss = loss_fn(logits.float(), target, example_w)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            samples += len(index)
-            running_loss += loss.detach()
-            running_n += 1
-            if step % report_every == 0:
-                mean_loss = float(running_loss.item()) / max(1, running_n)  # one sync per report, not per step
-                running_loss.zero_()
-                running_n = 0
-                report(
-                    0.95 * step / total_steps,
-                    f"epoch {epoch}/{cfg.epochs} step {step}/{total_steps} loss {mean_loss:.4f}",
+            loss = self._step(batch, target, example_w)
+            log.steps += 1
+            log.samples += len(index)
+            self.running_loss += loss.detach()
+            self.running_n += 1
+            if log.steps % report_every == 0:
+                mean_loss = float(self.running_loss.item()) / max(1, self.running_n)  # one sync per report
+                self.running_loss.zero_()
+                self.running_n = 0
+                self.report(
+                    0.95 * log.steps / self.total_steps,
+                    f"epoch {epoch}/{self.cfg.epochs} step {log.steps}/{self.total_steps} loss {mean_loss:.4f}",
                 )
         _sync(device)
-        train_seconds += time.perf_counter() - epoch_started
+        log.train_seconds += time.perf_counter() - epoch_started
 
-        record: dict[str, Any] = {"epoch": epoch, "steps": step}
-        if len(val_ids):
-            val_logits = evaluate_logits(model, val_ids, pad_id, device, precision, cfg.eval_batch_size)
-            val_loss = _cross_entropy_np(val_logits, val_y)
-            record.update(val_loss=round(val_loss, 6), val_accuracy=float(np.mean(val_logits.argmax(1) == val_y)))
-            score = _score(cfg.monitor, record["val_accuracy"], val_loss)
-            if _improves(score, best_score, cfg.min_delta):
-                best_score, best_epoch, bad_epochs = score, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-        history.append(record)
-        report(0.95 * step / total_steps, f"epoch {epoch} done: {record}")
-        if len(val_ids) and bad_epochs >= cfg.patience:
-            stopped_early = epoch < cfg.epochs and step < total_steps
+    def _step(self, batch: dict[str, Any], target: Any, example_w: Any) -> Any:
+        """One optimizer step (forward, weighted loss, backward, clipped update, schedule); returns the loss."""
+        import torch
+
+        with _autocast(self.precision):
+            logits = self.model(**batch).logits
+        loss = self.loss_fn(logits.float(), target, example_w)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def validate(self) -> tuple[float, float]:
+        """The current weights' validation loss and accuracy."""
+        split = self.split
+        logits = evaluate_logits(
+            self.model, split.val_ids, self.pad_id, self.device, self.precision, self.cfg.eval_batch_size
+        )
+        return _cross_entropy_np(logits, split.val_y), float(np.mean(logits.argmax(1) == split.val_y))
+
+
+def train_epochs(loop: _Loop, stopping: EarlyStopping) -> TrainingLog:
+    """Up to ``cfg.epochs`` epochs (or ``cfg.max_steps`` steps), validating after each; stops early when the
+    validation score has not improved for ``cfg.patience`` epochs."""
+    cfg, log, validated = loop.cfg, loop.log, loop.split.has_validation
+    rng = np.random.default_rng(cfg.seed)
+    lengths = [len(r) for r in loop.split.train_ids]
+    for epoch in range(1, cfg.epochs + 1):
+        if log.steps >= loop.total_steps:
             break
+        log.epochs_run = epoch
+        batches = make_batches(lengths, cfg.batch_size, rng, group_by_length=cfg.group_by_length)
+        loop.train_epoch(epoch, batches[: loop.total_steps - log.steps])
+        result = EpochResult(epoch=epoch, steps=log.steps)
+        if validated:
+            loss, accuracy = loop.validate()
+            result = EpochResult(epoch=epoch, steps=log.steps, val_loss=round(loss, 6), val_accuracy=accuracy)
+            stopping.update(epoch, accuracy, loss, loop.model)
+        log.history.append(result)
+        loop.report(0.95 * log.steps / loop.total_steps, f"epoch {epoch} done: {result.to_dict()}")
+        if validated and stopping.should_stop:
+            log.stopped_early = epoch < cfg.epochs and log.steps < loop.total_steps
+            break
+    return log
 
-    if best_state is not None and best_epoch != epochs_run:
-        model.load_state_dict(best_state)
-    model.eval()
-    best = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
-    metrics = {k: best[k] for k in ("val_loss", "val_accuracy") if k in best}
-    stats: dict[str, Any] = {
-        "train_samples": len(train_ids),
-        "val_samples": len(val_ids),
-        "steps": step,
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch or epochs_run,
-        "stopped_early": stopped_early,
-        "history": history,
-        "metrics": metrics,
-        "class_weights": weights.round(4).tolist() if weights is not None else None,
-        "probe_train_accuracy": probe_accuracy,
-        "device": device,
-        "precision": precision,
-        "samples_seen": samples,
-        "train_seconds": round(train_seconds, 3),
-        "samples_per_second": round(samples / train_seconds, 2) if train_seconds else 0.0,
-        "wall_seconds": round(time.perf_counter() - wall_started, 3),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "base_model"},
-    }
-    clf = FineTunedClassifier(
+
+def _weighted_loss(class_weights: np.ndarray | None, label_smoothing: float, device: str) -> Callable[..., Any]:
+    """The class-weighted mean cross-entropy (as ``CrossEntropyLoss`` computes it), each example also weighted."""
+    import torch
+
+    class_w = torch.tensor(class_weights, device=device, dtype=torch.float32) if class_weights is not None else None
+    per_example = torch.nn.CrossEntropyLoss(weight=class_w, label_smoothing=label_smoothing, reduction="none")
+
+    def loss_fn(logits: Any, target: Any, example_w: Any) -> Any:
+        w = example_w if class_w is None else example_w * class_w[target]
+        return (per_example(logits, target) * example_w).sum() / w.sum().clamp_min(1e-12)
+
+    return loss_fn
+
+
+def _stats(
+    cfg: FineTuneConfig,
+    split: TrainingSplit,
+    log: TrainingLog,
+    stopping: EarlyStopping,
+    loop: _Loop,
+    probe_accuracy: float | None,
+    wall_started: float,
+) -> FineTuneStats:
+    best = next((h for h in log.history if h.epoch == stopping.best_epoch), log.history[-1] if log.history else None)
+    weights = loop.class_weights
+    return FineTuneStats(
+        train_samples=len(split.train_ids),
+        val_samples=len(split.val_ids),
+        steps=log.steps,
+        epochs_run=log.epochs_run,
+        best_epoch=stopping.best_epoch or log.epochs_run,
+        stopped_early=log.stopped_early,
+        history=log.history,
+        metrics=best.validation_metrics() if best is not None else {},
+        class_weights=weights.round(4).tolist() if weights is not None else None,
+        probe_train_accuracy=probe_accuracy,
+        device=loop.device,
+        precision=loop.precision,
+        samples_seen=log.samples,
+        train_seconds=round(log.train_seconds, 3),
+        samples_per_second=round(log.samples / log.train_seconds, 2) if log.train_seconds else 0.0,
+        wall_seconds=round(time.perf_counter() - wall_started, 3),
+        config={k: v for k, v in asdict(cfg).items() if k != "base_model"},
+    )
+
+
+def _classifier(
+    model: Any, tokenizer: Any, labels: list[str], cfg: FineTuneConfig, stats: FineTuneStats
+) -> FineTunedClassifier:
+    return FineTunedClassifier(
         model=model,
         tokenizer=tokenizer,
         labels=labels,
         base_model=base_name(cfg.base_model),
         max_length=cfg.max_length,
-        device=device,
+        device=stats.device,
         train_info={
-            "metrics": metrics,
-            "training_seconds": stats["wall_seconds"],
+            "metrics": stats.metrics,
+            "training_seconds": stats.wall_seconds,
             "seed": cfg.seed,
-            "train_samples": len(train_ids),
-            "precision_trained": precision,
+            "train_samples": stats.train_samples,
+            "precision_trained": stats.precision,
             "pooling": cfg.pooling,
             "head_init": cfg.head_init,
         },
     )
-    report(1.0, f"done: {step} steps, {epochs_run} epochs, best epoch {stats['best_epoch']}")
-    return clf, stats
 
 
 def _score(monitor: str, accuracy: float, loss: float) -> tuple[float, float]:

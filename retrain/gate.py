@@ -1,6 +1,6 @@
-"""The evaluation gate: pure functions over metric dictionaries, so every rule is testable without a model.
+"""The evaluation gate: pure functions over evaluations, so every rule is testable without a model.
 
-An evaluation is ``{"overall": metrics, "tenants": {slug: metrics}}`` where ``metrics`` is what
+An :class:`Evaluation` holds one model's metrics on a holdout, overall and per tenant, where metrics are what
 :func:`compute_metrics` returns: ``n``, ``accuracy``, ``macro_f1``, ``recall:<label>`` and ``precision:<label>``.
 The candidate and the champion are evaluated on the same holdout(s) just before the decision.
 """
@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 Metrics = dict[str, float]
-Evaluation = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,26 @@ class GatePolicy:
     min_holdout: int = 1  # below this the candidate cannot be proven and is refused
     min_tenant_holdout: int = 20  # smaller tenant holdouts are too noisy for the per-tenant rule
     min_gain: float = 0.0  # with ``require_gain``, how much better it must be (tenant variants)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's metrics on a holdout: ``overall``, and ``tenants`` (slug -> metrics on that tenant's rows)."""
+
+    overall: Metrics
+    tenants: dict[str, Metrics] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """How many labeled holdout items it was measured on."""
+        return int(self.overall.get("n", 0))
+
+    def value(self, metric: str) -> float | None:
+        return metric_value(self.overall, metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"overall": metrics, "tenants": {slug: metrics}}``: the shape stored on runs, models and artifacts."""
+        return {"overall": dict(self.overall), "tenants": {slug: dict(m) for slug, m in self.tenants.items()}}
 
 
 @dataclass(frozen=True)
@@ -69,14 +88,14 @@ def evaluate_predictions(
     y_true: Sequence[str], y_pred: Sequence[str], tenants: Sequence[str], labels: Sequence[str]
 ) -> Evaluation:
     """The evaluation of one model on a holdout whose rows belong to ``tenants`` (a slug per row)."""
-    result: Evaluation = {"overall": compute_metrics(y_true, y_pred, labels), "tenants": {}}
+    overall = compute_metrics(y_true, y_pred, labels)
     t_arr = np.asarray(tenants, dtype=object)
     yt = np.asarray(y_true, dtype=object)
     yp = np.asarray(y_pred, dtype=object)
-    for slug in sorted(set(tenants)):
-        mask = t_arr == slug
-        result["tenants"][slug] = compute_metrics(list(yt[mask]), list(yp[mask]), labels)
-    return result
+    per_tenant = {
+        slug: compute_metrics(list(yt[t_arr == slug]), list(yp[t_arr == slug]), labels) for slug in sorted(set(tenants))
+    }
+    return Evaluation(overall=overall, tenants=per_tenant)
 
 
 def metric_value(metrics: Mapping[str, float], name: str) -> float | None:
@@ -103,67 +122,91 @@ def decide(
     shared model). ``ignore_tenants``: tenants the champion does not serve.
     """
     policy = policy or GatePolicy()
-    slas = slas or {}
-    reasons: list[str] = []
-    notes: list[str] = []
-    if not clean:
-        reasons.append("the training run did not finish cleanly")
-    overall = candidate.get("overall", {})
-    n = int(overall.get("n", 0))
-    if n < policy.min_holdout:
-        reasons.append(f"the holdout has {n} labeled items; at least {policy.min_holdout} are needed")
-        return Decision(False, reasons)
-    cand_value = metric_value(overall, policy.metric)
-    if cand_value is None:
-        reasons.append(f"the candidate has no {policy.metric} on the holdout")
-        return Decision(False, reasons)
+    reasons = [] if clean else ["the training run did not finish cleanly"]
+    unproven = _unproven(candidate, policy)
+    if unproven is not None:
+        return Decision(False, [*reasons, unproven])
     if champion is None:
-        notes.append(f"no champion to compare with; candidate {policy.metric} {cand_value:.4f} on {n} items")
-        return Decision(not reasons, reasons or notes)
+        note = (
+            f"no champion to compare with; candidate {policy.metric} {candidate.value(policy.metric):.4f}"
+            f" on {candidate.n} items"
+        )
+        return Decision(not reasons, reasons or [note])
+    reasons += _overall_regression(candidate, champion, policy, require_gain=require_gain)
+    notes = [] if reasons else [_comparison_note(candidate, champion, policy)]
+    for slug in sorted(candidate.tenants):
+        if slug not in ignore_tenants:
+            reasons += _tenant_regression(slug, candidate, champion, policy)
+            reasons += _new_sla_breaches(slug, candidate, champion, (slas or {}).get(slug, ()))
+    return Decision(not reasons, reasons or notes)
 
-    champ_value = metric_value(champion.get("overall", {}), policy.metric) or 0.0
-    if require_gain:
-        if cand_value <= champ_value + policy.min_gain:
-            reasons.append(
-                f"{policy.metric} {cand_value:.4f} does not beat the current model's {champ_value:.4f}"
-                f" by more than {policy.min_gain:.4f}"
-            )
-    elif cand_value < champ_value - policy.tolerance:
-        reasons.append(
+
+def _unproven(candidate: Evaluation, policy: GatePolicy) -> str | None:
+    """Why the holdout cannot prove the candidate at all (too few items, or no value of the gate's metric)."""
+    if candidate.n < policy.min_holdout:
+        return f"the holdout has {candidate.n} labeled items; at least {policy.min_holdout} are needed"
+    if candidate.value(policy.metric) is None:
+        return f"the candidate has no {policy.metric} on the holdout"
+    return None
+
+
+def _overall_regression(
+    candidate: Evaluation, champion: Evaluation, policy: GatePolicy, *, require_gain: bool
+) -> list[str]:
+    """The overall rule: no worse than the champion beyond the tolerance (or, with ``require_gain``, better)."""
+    cand_value = candidate.value(policy.metric) or 0.0
+    champ_value = champion.value(policy.metric) or 0.0
+    if require_gain and cand_value <= champ_value + policy.min_gain:
+        return [
+            f"{policy.metric} {cand_value:.4f} does not beat the current model's {champ_value:.4f}"
+            f" by more than {policy.min_gain:.4f}"
+        ]
+    if not require_gain and cand_value < champ_value - policy.tolerance:
+        return [
             f"{policy.metric} {cand_value:.4f} is worse than the champion's {champ_value:.4f}"
             f" beyond the tolerance {policy.tolerance:.4f}"
-        )
-    if not reasons:
-        notes.append(f"{policy.metric} {cand_value:.4f} vs champion {champ_value:.4f} on {n} holdout items")
+        ]
+    return []
 
-    cand_tenants: Mapping[str, Metrics] = candidate.get("tenants", {})
-    champ_tenants: Mapping[str, Metrics] = champion.get("tenants", {})
-    for slug in sorted(cand_tenants):
-        if slug in ignore_tenants:
+
+def _comparison_note(candidate: Evaluation, champion: Evaluation, policy: GatePolicy) -> str:
+    cand_value = candidate.value(policy.metric) or 0.0
+    champ_value = champion.value(policy.metric) or 0.0
+    return f"{policy.metric} {cand_value:.4f} vs champion {champ_value:.4f} on {candidate.n} holdout items"
+
+
+def _tenant_regression(slug: str, candidate: Evaluation, champion: Evaluation, policy: GatePolicy) -> list[str]:
+    """A tenant's holdout, when large enough to measure, may not regress beyond the tenant tolerance."""
+    cm, hm = candidate.tenants[slug], champion.tenants.get(slug, {})
+    tn = int(cm.get("n", 0))
+    cv = metric_value(cm, policy.metric)
+    hv = metric_value(hm, policy.metric)
+    if tn >= policy.min_tenant_holdout and cv is not None and hv is not None and cv < hv - policy.tenant_tolerance:
+        return [
+            f"tenant {slug}: {policy.metric} {cv:.4f} regresses from {hv:.4f}"
+            f" beyond the tolerance {policy.tenant_tolerance:.4f} ({tn} items)"
+        ]
+    return []
+
+
+def _new_sla_breaches(
+    slug: str, candidate: Evaluation, champion: Evaluation, slas: Sequence[tuple[str, float]]
+) -> list[str]:
+    """The candidate would cause a breach of the tenant's SLA that the champion does not: refused, whatever the
+    tolerance. Where the champion already breaches, a deeper breach is the regression rule's (tolerance) to judge:
+    refusing any dip there lets one tenant's noisy holdout block every improvement (seen in the banking77
+    simulation: a candidate 1.7 points under an already-breaching champion on one tenant's noisy holdout was
+    refused, and that arm's model stayed a day behind)."""
+    cm, hm = candidate.tenants[slug], champion.tenants.get(slug, {})
+    reasons = []
+    for sla_metric, threshold in slas:
+        sv = metric_value(cm, sla_metric)
+        sh = metric_value(hm, sla_metric)
+        if sv is None or int(cm.get("n", 0)) == 0:
             continue
-        cm = cand_tenants[slug]
-        hm = champ_tenants.get(slug, {})
-        tn = int(cm.get("n", 0))
-        cv = metric_value(cm, policy.metric)
-        hv = metric_value(hm, policy.metric)
-        if tn >= policy.min_tenant_holdout and cv is not None and hv is not None and cv < hv - policy.tenant_tolerance:
+        if sv < threshold and (sh is None or sh >= threshold):
             reasons.append(
-                f"tenant {slug}: {policy.metric} {cv:.4f} regresses from {hv:.4f}"
-                f" beyond the tolerance {policy.tenant_tolerance:.4f} ({tn} items)"
+                f"tenant {slug}: {sla_metric} {sv:.4f} is below its SLA threshold {threshold:.4f}"
+                + (f" (champion {sh:.4f})" if sh is not None else "")
             )
-        for sla_metric, threshold in slas.get(slug, ()):
-            sv = metric_value(cm, sla_metric)
-            sh = metric_value(hm, sla_metric)
-            if sv is None or tn == 0:
-                continue
-            # The candidate would cause a breach that the champion does not: refused, whatever the tolerance.
-            # Where the champion already breaches, a deeper breach is the regression rule's (tolerance) to judge:
-            # refusing any dip there lets one tenant's noisy holdout block every improvement (seen in the
-            # banking77 simulation: a candidate 1.7 points under an already-breaching champion on one tenant's
-            # noisy holdout was refused, and that arm's model stayed a day behind).
-            if sv < threshold and (sh is None or sh >= threshold):
-                reasons.append(
-                    f"tenant {slug}: {sla_metric} {sv:.4f} is below its SLA threshold {threshold:.4f}"
-                    + (f" (champion {sh:.4f})" if sh is not None else "")
-                )
-    return Decision(not reasons, reasons or notes)
+    return reasons

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,9 @@ class TrainingRunOut(BaseModel):
     model_version: str | None
     lineage: dict[str, Any]
     error: str | None
+    worker: str | None = Field(description="host:pid of the process that runs (or ran) the job")
+    attempts: int = Field(description="how many times a process claimed the run (a dead worker's run is re-queued)")
+    queue: str | None = Field(description="the worker queue it was last sent to (cpu | gpu); null in-process")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -115,6 +118,9 @@ def run_out(session: Session, principal: Principal, r: TrainingRun) -> TrainingR
         model_version=version,
         lineage=_scoped(principal, r.lineage or {}),
         error=r.error if principal.is_admin else (None if r.error is None else "the run failed"),
+        worker=f"{r.host}:{r.pid}" if r.host and r.pid else None,
+        attempts=r.attempts or 0,
+        queue=r.queue,
         created_at=r.created_at,
         started_at=r.started_at,
         finished_at=r.finished_at,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -16,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
 from flywheel.core.errors import Conflict, NotFound
-from flywheel.domain.champions import champion_for, champion_slot, tenant_key
+from flywheel.domain import artifacts
+from flywheel.domain.champions import champion_slot, tenant_key
 from flywheel.models.records import Task, Tenant
 from flywheel.models.training import ChampionSlot, ModelVersion
 
@@ -156,8 +156,9 @@ def load_model(model: ModelVersion, *, optimize: bool = False, default_base: str
     """
     from flywheel.retrain import classifiers
 
-    if model.artifact_path and Path(model.artifact_path).exists():
-        return classifiers.load_classifier(model.artifact_path, optimize=optimize)
+    if artifacts.exists(model.artifact_path):
+        assert model.artifact_path is not None
+        return classifiers.load_classifier(artifacts.local_copy(model.artifact_path), optimize=optimize)
     if model.rung == "zero_shot":
         task = model.task
         return classifiers.build_zero_shot(
@@ -166,16 +167,6 @@ def load_model(model: ModelVersion, *, optimize: bool = False, default_base: str
             base_model=model.base_model or task.base_model or default_base or None,
         )
     raise FileNotFoundError(f"the artifact of {model.version} is missing: {model.artifact_path}")
-
-
-def load_champion(
-    session: Session, task_id: int, tenant_id: int | None, *, optimize: bool = False, default_base: str | None = None
-) -> tuple[ModelVersion, Any] | None:
-    """The serving model of a scope and its loaded classifier (uncached; web workers use ``ModelCache``)."""
-    model = champion_for(session, task_id, tenant_id)
-    if model is None:
-        return None
-    return model, load_model(model, optimize=optimize, default_base=default_base)
 
 
 class ModelCache:
@@ -205,6 +196,3 @@ class ModelCache:
             for mid in list(self._models):
                 if mid not in model_ids:
                     del self._models[mid]
-
-    def __contains__(self, model_id: int) -> bool:
-        return model_id in self._models

@@ -15,8 +15,9 @@ class Settings:
     """Everything Flywheel can be configured with; each field reads ``FLYWHEEL_<NAME>`` in ``from_env``."""
 
     database_url: str = f"sqlite:///{DEFAULT_DATA_DIR / 'flywheel.db'}"
-    artifacts_dir: Path = DEFAULT_DATA_DIR / "artifacts"
-    secret_key: str = ""  # signs dashboard sessions; generated per process when empty
+    # A local folder (or shared mount), or an fsspec URL (s3://bucket/prefix, gs://…, file:///…).
+    artifacts_dir: str | Path = DEFAULT_DATA_DIR / "artifacts"
+    secret_key: str = ""  # signs dashboard sessions; empty: a secret stored in the database, shared by all
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
@@ -55,6 +56,16 @@ class Settings:
     scheduler_lock_ttl_seconds: int = 60
     fine_tune_epochs: int = 8
     serve_optimized: bool = True  # INT8/bf16 serving, only where verified to agree with fp32 on the holdout
+    # Scale-out. With a broker URL (Redis: redis://host:6379/0), `flywheel scheduler` only dispatches and
+    # `flywheel worker` processes run the jobs; without one, the scheduler runs them in-process.
+    broker_url: str = ""
+    # The broker redelivers an unacknowledged message after this long: longer than the longest job (a fine-tune
+    # can take hours), or a long run would be delivered to a second worker while the first still trains it.
+    broker_visibility_timeout_seconds: int = 12 * 3600
+    dispatch_resend_seconds: int = 300  # a queued run nobody claimed this long after its message gets another
+    run_max_attempts: int = 3  # a run abandoned by a dead worker is queued again until this many claims
+    worker_heartbeat_seconds: int = 30
+    fine_tune_on_cpu: bool = False  # with a broker: may CPU workers fine-tune when no GPU worker is alive?
     # Monitoring.
     drift_sample_cap: int = 50_000
     webhook_timeout_s: float = 5.0

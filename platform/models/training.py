@@ -88,6 +88,11 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
+    # Scale-out: how many times a process claimed the run, the queue it was last sent to (cpu | gpu, null in
+    # process), and when its last message was sent (the scheduler re-sends a nudge that nobody picked up).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queue: Mapped[str | None] = mapped_column(String(16))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -122,3 +127,20 @@ class JobRun(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerProcess(Base):
+    """A running ``flywheel worker``: the queues it consumes and its device, kept fresh by a heartbeat.
+
+    The scheduler reads this to route work: a fine-tune goes to the ``gpu`` queue only while a live worker
+    consumes it, so a deployment without one never queues a run that would wait forever.
+    """
+
+    __tablename__ = "worker_processes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
+    queues: Mapped[str] = mapped_column(String(100))  # comma-separated
+    device: Mapped[str] = mapped_column(String(200))  # "cpu" or "cuda: <card name>"
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

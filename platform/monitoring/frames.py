@@ -12,7 +12,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from sqlalchemy import Integer, Select, and_, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from flywheel.core.config import Settings
+from flywheel.domain import artifacts
 from flywheel.domain.champions import champion_for
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.encoder import load_encoder
@@ -119,11 +119,11 @@ def champion_training_ids(session: Session, sla: Sla) -> list[int] | None:
     champion = champion_for(session, sla.task_id, sla.tenant_id)
     if champion is None or not champion.artifact_path:
         return None
-    lineage = Path(champion.artifact_path) / "lineage.json"
-    if not lineage.exists():
-        return None
     try:
-        ids = [int(i) for i in json.loads(lineage.read_text()).get("train_ids", [])]
+        text = artifacts.read_text(champion.artifact_path, "lineage.json")
+        if text is None:
+            return None
+        ids = [int(i) for i in json.loads(text).get("train_ids", [])]
     except (ValueError, TypeError, OSError):
         return None
     return ids or None

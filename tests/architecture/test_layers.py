@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, int]] = [
     ("flywheel.app", EDGES),
     ("flywheel.cli", EDGES),
     ("flywheel.scheduler", EDGES),
+    ("flywheel.worker", EDGES),
     ("flywheel.api.*", EDGES),
     ("flywheel.web.*", EDGES),
     ("flywheel.*.api", EDGES),

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.retrain.gate import GatePolicy, compute_metrics, decide, evaluate_predictions
+from flywheel.retrain.gate import Evaluation, GatePolicy, compute_metrics, decide, evaluate_predictions
 
 LABELS = ["a", "b", "c"]
 
 
-def ev(overall: float, n: int = 200, **tenants: tuple[float, int]) -> dict:
-    return {
-        "overall": {"n": float(n), "accuracy": overall, "macro_f1": overall},
-        "tenants": {slug: {"n": float(tn), "accuracy": acc, "macro_f1": acc} for slug, (acc, tn) in tenants.items()},
-    }
+def ev(overall: float, n: int = 200, **tenants: tuple[float, int]) -> Evaluation:
+    return Evaluation(
+        overall={"n": float(n), "accuracy": overall, "macro_f1": overall},
+        tenants={slug: {"n": float(tn), "accuracy": acc, "macro_f1": acc} for slug, (acc, tn) in tenants.items()},
+    )
 
 
 def test_compute_metrics_accuracy_macro_f1_and_per_label() -> None:
@@ -31,9 +31,9 @@ def test_compute_metrics_accuracy_macro_f1_and_per_label() -> None:
 
 def test_evaluate_predictions_splits_by_tenant() -> None:
     e = evaluate_predictions(["a", "b", "a", "b"], ["a", "b", "b", "b"], ["x", "x", "y", "y"], LABELS)
-    assert e["overall"]["accuracy"] == pytest.approx(0.75)
-    assert e["tenants"]["x"]["accuracy"] == 1.0
-    assert e["tenants"]["y"]["accuracy"] == 0.5
+    assert e.overall["accuracy"] == pytest.approx(0.75)
+    assert e.tenants["x"]["accuracy"] == 1.0
+    assert e.tenants["y"]["accuracy"] == 0.5
 
 
 def test_better_candidate_is_promoted_and_worse_one_refused() -> None:
@@ -77,7 +77,7 @@ def test_falling_below_a_tenant_sla_refuses() -> None:
 
 def test_unclean_runs_empty_holdouts_and_no_champion() -> None:
     assert not decide(ev(0.99), ev(0.5), clean=False).promote
-    empty = decide({"overall": {"n": 0.0}, "tenants": {}}, None)
+    empty = decide(Evaluation(overall={"n": 0.0}, tenants={}), None)
     assert not empty.promote and "holdout has 0 labeled items" in empty.reasons[0]
     assert decide(ev(0.4), None).promote
 
@@ -90,7 +90,7 @@ def test_tenant_variant_must_beat_the_shared_model() -> None:
 
 
 def test_other_metrics_can_gate() -> None:
-    cand = {"overall": {"n": 50.0, "accuracy": 0.9, "recall:b": 0.4}, "tenants": {}}
-    champ = {"overall": {"n": 50.0, "accuracy": 0.8, "recall:b": 0.7}, "tenants": {}}
+    cand = Evaluation(overall={"n": 50.0, "accuracy": 0.9, "recall:b": 0.4}, tenants={})
+    champ = Evaluation(overall={"n": 50.0, "accuracy": 0.8, "recall:b": 0.7}, tenants={})
     assert decide(cand, champ).promote
     assert not decide(cand, champ, policy=GatePolicy(metric="recall:b")).promote

@@ -21,7 +21,7 @@ from flywheel.core.errors import Conflict
 from flywheel.domain import champions
 from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
-from flywheel.retrain import jobs, registry
+from flywheel.retrain import jobs, pipeline, registry
 from flywheel.retrain.classifiers import load_classifier
 
 from support.retrain import LABELS, TASK, add_labeled, make_task, shuffle_training_labels, synthetic
@@ -243,7 +243,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_runs_left_running_by_dead_processes_are_failed_and_do_not_block(
+def test_runs_left_running_by_dead_processes_are_released_and_do_not_block(
     db: Database, rs: Settings, tiny_base: Path
 ) -> None:
     make_task(db, tiny_base)
@@ -264,10 +264,11 @@ def test_runs_left_running_by_dead_processes_are_failed_and_do_not_block(
         ids = (dead.id, stale.id, alive.id)
     champion_before = champion(db).id
     assert sorted(jobs.recover_stale_runs(db, rs)) == sorted(ids[:2])
-    assert [get_run(db, i).status for i in ids] == ["failed", "failed", "running"]
-    assert "abandoned" in (get_run(db, ids[0]).error or "")
+    assert [get_run(db, i).status for i in ids] == ["queued", "queued", "running"]  # their next attempt
+    assert "gone" in (get_run(db, ids[0]).message or "") and "no heartbeat" in (get_run(db, ids[1]).message or "")
     # The live run still holds its scope; once it is gone, a queued run of that scope is claimed.
     queued = queue(db)
+    assert queued == ids[0]  # the released run is the scope's queued run: no second one
     assert jobs.claim_next(db) is None
     with db.session() as session:
         session.get(TrainingRun, ids[2]).status = "failed"  # type: ignore[union-attr]
@@ -307,16 +308,36 @@ def test_kill_9_mid_run_changes_no_champion_and_the_next_scheduler_recovers(
     service.start()
     try:
         assert service.leading.wait(30)
-        killed = get_run(db, run_id)
-        assert killed.status == "failed" and "abandoned" in (killed.error or "")
-        for _ in range(300):  # the next run of the same scope is not blocked: the scheduler trains it
-            if get_run(db, nxt).status not in ("queued", "running"):
+        for _ in range(300):  # the dead worker's run is queued again and trained, then the next one of its scope
+            if all(get_run(db, r).status not in ("queued", "running") for r in (run_id, nxt)):
                 break
             service._stop.wait(0.1)
+        killed = get_run(db, run_id)
+        assert killed.status == "succeeded" and killed.attempts == 2  # claimed by the dead process, then here
         assert get_run(db, nxt).status == "succeeded"
     finally:
         service.stop()
     assert champion(db).id == before
+
+
+def test_an_abandoned_run_is_queued_again_until_its_attempts_are_used(
+    db: Database, rs: Settings, tiny_base: Path
+) -> None:
+    make_task(db, tiny_base)
+    run_id = queue(db)
+    settings = rs.with_(run_max_attempts=2, run_stale_seconds=60)
+    for attempt in (1, 2):
+        with db.session() as session:
+            assert jobs.claim_run(session, run_id)
+            session.get(TrainingRun, run_id).heartbeat_at = utcnow() - timedelta(minutes=5)  # type: ignore[union-attr]
+        assert jobs.recover_stale_runs(db, settings) == [run_id]
+        run = get_run(db, run_id)
+        assert run.attempts == attempt
+        if attempt == 1:
+            assert run.status == "queued" and run.host is None and "re-queued" in (run.message or "")
+        else:
+            assert run.status == "failed" and "abandoned" in (run.error or "")
+    assert jobs.recover_stale_runs(db, settings) == []  # a finished run is left alone
 
 
 def test_early_retrain_on_new_clean_labels_is_debounced(db: Database, rs: Settings, tiny_base: Path) -> None:
@@ -401,7 +422,7 @@ def test_a_breached_sla_queues_an_early_run_and_sets_the_gate_threshold(
 
         session.add(evaluation("met", timedelta(seconds=-10)))
         session.flush()
-        assert jobs.sla_thresholds(session, task_id or 0) == {"acme": [("accuracy", 0.9)]}
+        assert pipeline.sla_thresholds(session, task_id or 0) == {"acme": [("accuracy", 0.9)]}
     assert jobs.check_early_retrain(db, settings) == []  # met: nothing to do
     with db.session() as session:
         session.add(evaluation("breached", timedelta(0)))

@@ -52,9 +52,9 @@ def test_fine_tune_trains_saves_reloads_and_predicts(tiny_base: Path, tmp_path: 
     calls: list[tuple[float, str]] = []
     clf, stats = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base), progress=lambda f, m: calls.append((f, m)))
     assert isinstance(clf, TextClassifier) and clf.rung == "fine_tuned"
-    assert stats["train_samples"] + stats["val_samples"] == 180 and stats["val_samples"] == 18
-    assert stats["precision"] == "fp32" and stats["device"] == "cpu"
-    assert stats["steps"] > 0 and stats["samples_per_second"] > 0
+    assert stats.train_samples + stats.val_samples == 180 and stats.val_samples == 18
+    assert stats.precision == "fp32" and stats.device == "cpu"
+    assert stats.steps > 0 and stats.samples_per_second > 0
     # Progress is reported as it runs, never goes backwards, and ends at 1.0.
     fractions = [f for f, _ in calls]
     assert len(calls) > 5 and fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -101,8 +101,8 @@ def test_class_weights_favor_the_rare_label(tiny_base: Path) -> None:
     common = {"epochs": 2, "val_fraction": 0.0, "head_init": "random", "pooling": "cls"}
     weighted, stats_w = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, **common))
     plain, stats_p = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, class_weights=False, **common))
-    assert stats_w["class_weights"][1] == pytest.approx(float(weights[1]), rel=1e-3)
-    assert stats_p["class_weights"] is None
+    assert stats_w.class_weights[1] == pytest.approx(float(weights[1]), rel=1e-3)
+    assert stats_p.class_weights is None
     probe, _ = synthetic_per_label({"card": 20, "refund": 20, "login": 20}, seed=5)
     # After two short epochs the unweighted model gives the rare label little mass; the weighted one far more.
     assert weighted.predict_proba(probe)[:, 1].mean() > 2 * plain.predict_proba(probe)[:, 1].mean()
@@ -113,10 +113,10 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tiny_base: Path) -> No
     noise = list(np.random.default_rng(0).choice(LABELS, size=len(texts)))  # unlearnable: validation loss rises
     cfg = tiny_config(tiny_base, epochs=30, patience=2, val_fraction=0.25, learning_rate=3e-3, monitor="val_loss")
     _, stats = fine_tune(texts, noise, LABELS, config=cfg)
-    assert stats["stopped_early"] is True
-    assert stats["epochs_run"] < 30 and stats["epochs_run"] == stats["best_epoch"] + 2
-    losses = [h["val_loss"] for h in stats["history"]]
-    assert stats["metrics"]["val_loss"] == min(losses)
+    assert stats.stopped_early is True
+    assert stats.epochs_run < 30 and stats.epochs_run == stats.best_epoch + 2
+    losses = [h.val_loss for h in stats.history]
+    assert stats.metrics["val_loss"] == min(losses)
 
 
 def test_linear_probe_head_starts_where_the_few_shot_head_ends(tiny_base: Path) -> None:
@@ -126,7 +126,7 @@ def test_linear_probe_head_starts_where_the_few_shot_head_ends(tiny_base: Path) 
     frozen = {"max_steps": 1, "learning_rate": 1e-12, "val_fraction": 0.0}
     lp, stats = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, head_init="linear_probe", **frozen))
     rnd, _ = fine_tune(texts, ys, LABELS, config=tiny_config(tiny_base, head_init="random", **frozen))
-    assert stats["probe_train_accuracy"] >= 0.9
+    assert stats.probe_train_accuracy >= 0.9
     assert accuracy(lp, probe, probe_y) >= 0.8 > accuracy(rnd, probe, probe_y) + 0.3
 
 
