@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, timedelta
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from flywheel.scheduler import (
     select_job_runs,
 )
 
+from support import wait_for
 from support.retrain import TASK, make_task
 
 pytestmark = pytest.mark.slow
@@ -37,16 +37,6 @@ pytestmark = pytest.mark.slow
 def quiet(settings: Settings) -> Settings:
     """Only what a test fires itself: no early-retrain checks, a fast queue poll."""
     return settings.with_(early_retrain_check_seconds=3600, training_poll_seconds=0.3, fine_tune_min_labels=100_000)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
-    """Poll a condition (a wait, not a timed assertion: the timeout only bounds a broken implementation)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_lease_is_exclusive_renewable_and_expires(db: Database) -> None:

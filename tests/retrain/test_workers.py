@@ -22,6 +22,7 @@ from flywheel.models.training import ModelVersion, TrainingRun, WorkerProcess
 from flywheel.retrain import jobs
 from flywheel.worker import QUEUE_GPU, TASK_TRAIN, dispatch_queued_runs, make_celery
 
+from support import wait_for
 from support.retrain import LABELS, TASK, add_labeled, make_task
 
 pytestmark = pytest.mark.slow
@@ -45,16 +46,6 @@ def broker_url() -> Iterator[str]:
     yield BROKER
     client.flushdb()
     client.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> bool:
-    """Poll a condition (a wait, not a timed assertion: the timeout only bounds a broken implementation)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 class Workers:
@@ -190,12 +181,12 @@ def test_a_queued_run_is_claimed_trained_and_gated_by_a_worker_once(
     add_labeled(db, "acme", 60, seed=1)
     [run_id] = queue_runs(db, [None])
     workers.start()
-    assert wait_for(lambda: registered(db) == 1), workers.logs()
+    assert wait_for(lambda: registered(db) == 1, timeout=180), workers.logs()
     app = make_celery(ws)
     assert dispatch_queued_runs(db, ws, app) == [run_id]
     assert dispatch_queued_runs(db, ws, app) == []  # sent once: the row records the dispatch
     app.send_task(TASK_TRAIN, args=(run_id,), queue="cpu")  # the same message delivered a second time
-    assert wait_for(finished(db, [run_id])), workers.logs()
+    assert wait_for(finished(db, [run_id]), timeout=300), workers.logs()
     run = run_row(db, run_id)
     assert run.status == "succeeded", (run.error, workers.logs())
     assert run.rung == "few_shot" and run.attempts == 1
@@ -215,7 +206,7 @@ def test_two_workers_share_one_queue(db: Database, ws: Settings, tiny_base: Path
     run_ids = [queue_runs(db, [None], name)[0] for name in names]
     workers.start()
     workers.start()
-    assert wait_for(lambda: registered(db) == 2), workers.logs()
+    assert wait_for(lambda: registered(db) == 2, timeout=180), workers.logs()
     dispatch_queued_runs(db, ws, make_celery(ws))
     assert wait_for(finished(db, run_ids), timeout=300), workers.logs()
     runs = [run_row(db, r) for r in run_ids]
@@ -231,10 +222,10 @@ def test_a_worker_killed_mid_run_is_requeued_and_finished_once_by_another(
     add_labeled(db, "acme", 600, seed=1)
     [run_id] = queue_runs(db, [None])
     first = workers.start()
-    assert wait_for(lambda: registered(db) == 1), workers.logs()
+    assert wait_for(lambda: registered(db) == 1, timeout=180), workers.logs()
     app = make_celery(ws)
     dispatch_queued_runs(db, ws, app)
-    assert wait_for(lambda: run_row(db, run_id).status == "running"), workers.logs()
+    assert wait_for(lambda: run_row(db, run_id).status == "running", timeout=180), workers.logs()
     with db.session() as session:
         task = session.scalar(select(Task).where(Task.name == TASK))
         assert task is not None
@@ -266,9 +257,9 @@ def test_without_a_gpu_worker_no_fine_tune_is_queued_and_the_run_says_why(
     add_labeled(db, "acme", 60, seed=1)
     [run_id] = queue_runs(db, [None])
     workers.start()
-    assert wait_for(lambda: registered(db) == 1), workers.logs()
+    assert wait_for(lambda: registered(db) == 1, timeout=180), workers.logs()
     dispatch_queued_runs(db, ws, make_celery(ws))
-    assert wait_for(finished(db, [run_id])), workers.logs()
+    assert wait_for(finished(db, [run_id]), timeout=300), workers.logs()
     run = run_row(db, run_id)
     assert run.status == "succeeded" and run.rung == "few_shot", (run.error, workers.logs())
     assert any("gpu" in r.lower() for r in run.reasons), run.reasons
@@ -286,7 +277,7 @@ def test_the_nightly_fan_out_runs_a_pass_per_scope_then_a_run_per_scope(
     add_labeled(db, "acme", 40, seed=1)
     add_labeled(db, "globex", 40, seed=2)
     workers.start()
-    assert wait_for(lambda: registered(db) == 1), workers.logs()
+    assert wait_for(lambda: registered(db) == 1, timeout=180), workers.logs()
     assert dispatch_nightly(db, ws, make_celery(ws)) == 2  # acme and globex: one label-quality task each
 
     def runs() -> list[TrainingRun]:
@@ -295,7 +286,9 @@ def test_the_nightly_fan_out_runs_a_pass_per_scope_then_a_run_per_scope(
             session.expunge_all()
             return found
 
-    assert wait_for(lambda: bool(runs()) and all(r.status not in ("queued", "running") for r in runs())), workers.logs()
+    assert wait_for(lambda: bool(runs()) and all(r.status not in ("queued", "running") for r in runs()), timeout=300), (
+        workers.logs()
+    )
     first_run = min(r.created_at for r in runs())
     with db.session() as session:
         passes = list(session.scalars(select(LabelQualityRun)))

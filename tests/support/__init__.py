@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,13 @@ def prediction(pid: str, label: str = "card_arrival", **extra: Any) -> dict[str,
     }
     item.update(extra)
     return item
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Poll a condition (a wait, not a timed assertion: the timeout only bounds a broken implementation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
