@@ -82,6 +82,8 @@ class _Liveness:
         event.listen(engine, "invalidate", self._lost)
         event.listen(engine, "checkin", self._idle_from)
         event.listen(engine, "checkout", self._ping_if_idle)
+        self._do_rollback = engine.dialect.do_rollback
+        engine.dialect.do_rollback = self._rollback_unless_lost  # type: ignore[method-assign]
 
     def stale(self, idle_since: float | None) -> bool:
         """Whether a connection idle since ``idle_since`` (None: new) must be pinged before use."""
@@ -95,6 +97,29 @@ class _Liveness:
         except self.dialect.loaded_dbapi.Error as exc:
             raise DisconnectionError(f"connection failed its ping: {exc}") from exc
 
+    def check(self, dbapi_connection: Any, idle_since: float | None) -> None:
+        """DisconnectionError for a connection the driver already knows is closed (no round trip to tell), or for
+        a stale one (:meth:`stale`) that fails its ping."""
+        if getattr(dbapi_connection, "closed", False):
+            raise DisconnectionError("the driver has closed the connection (it was found lost)")
+        if self.stale(idle_since):
+            self.ping(dbapi_connection)
+
+    def _rollback_unless_lost(self, dbapi_connection: Any) -> None:
+        """ROLLBACK, except on a connection the server has dropped: its transaction ended with it, so nothing is
+        left to roll back. The request's teardown rolls back what a read left open, after the answer is made; a
+        PostgreSQL restart at that moment raised there, and gunicorn answered a bare 500 instead of the answer.
+        The connection is closed, so its next use replaces it (:meth:`check`), and the others are pinged."""
+        try:
+            self._do_rollback(dbapi_connection)
+        except self.dialect.loaded_dbapi.Error as exc:
+            if not self.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            self.lost_at = time.monotonic()
+            driver = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)  # not the pool's proxy: its
+            with contextlib.suppress(Exception):  # close() would check it in under the Connection still using it
+                driver.close()
+
     def _lost(self, _dbapi_connection: Any, _record: Any, _exception: Any) -> None:
         self.lost_at = time.monotonic()
 
@@ -102,8 +127,7 @@ class _Liveness:
         record.info["idle_since"] = time.monotonic()
 
     def _ping_if_idle(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        if self.stale(record.info.get("idle_since")):
-            self.ping(dbapi_connection)  # DisconnectionError: the pool replaces the connection
+        self.check(dbapi_connection, record.info.get("idle_since"))  # DisconnectionError: the pool replaces it
 
 
 #: Server engines' liveness checks (SQLite's file needs none), and SQLite engines' checkpointers.
@@ -291,9 +315,9 @@ class HeldConnections:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
             held = self._local.held = _Held(self.engine.connect())
-        elif self._liveness is not None and self._liveness.stale(held.idle_since):
+        elif self._liveness is not None and not held.connection.invalidated:  # invalidated: replaced at next use
             try:
-                self._liveness.ping(held.connection.connection.dbapi_connection)
+                self._liveness.check(held.connection.connection.dbapi_connection, held.idle_since)
             except DisconnectionError:
                 held.connection.invalidate()  # its next use checks a fresh connection out of the pool
         held.idle_since = None

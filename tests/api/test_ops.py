@@ -10,7 +10,7 @@ import time
 
 import pytest
 from sqlalchemy import column, func, insert, select, table, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 import flywheel.core.db
 from flywheel.app import create_app
@@ -41,12 +41,17 @@ def test_openapi_document_is_generated_from_the_schemas(client) -> None:
     doc = client.get("/openapi.json").json
     assert doc["openapi"].startswith("3.1")
     post = doc["paths"]["/v1/predictions"]["post"]
-    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictionBatch")
+    forms = post["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    assert [f["$ref"].rsplit("/", 1)[1] for f in forms] == ["PredictionBatch", "PredictionIn"]
     item = doc["components"]["schemas"]["PredictionIn"]
     assert set(item["required"]) == {"id", "task", "text", "label", "confidence"}
     assert item["properties"]["confidence"]["maximum"] == 1.0
+    assert doc["components"]["schemas"]["PredictionBatch"]["properties"]["predictions"]["maxItems"] == 1000
     assert "/v1/predictions/{prediction_id}" in doc["paths"]
-    assert "application/problem+json" in post["responses"]["default"]["content"]
+    # Every error an operation can answer is declared, as problem+json; nothing else is (no catch-all "default").
+    assert set(post["responses"]) == {"200", "201", "400", "401", "403", "404", "409", "413", "415", "422", "503"}
+    assert "application/problem+json" in post["responses"]["422"]["content"]
+    assert post["responses"]["401"]["headers"]["WWW-Authenticate"]["required"] is True
     page = client.get("/docs")
     assert page.status_code == 200 and b"/v1/predictions" in page.data
 
@@ -71,6 +76,24 @@ def test_database_down_is_503_problem_with_retry_after_and_no_traceback() -> Non
     assert "Traceback" not in body and "psycopg" not in body and "127.0.0.1" not in body
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "message",
+    [  # what psycopg said while PostgreSQL restarted under load (bench/load.py), besides "Connection refused"
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: Connection reset by peer',
+        "could not send data to server: Broken pipe",
+    ],
+)
+def test_a_database_restarting_is_503_not_500(message: str) -> None:
+    app = create_app(Settings(database_url="sqlite://"))
+
+    @app.get("/lost")
+    def lost() -> str:
+        raise OperationalError("SELECT 1", None, Exception(message))
+
+    r = app.test_client().get("/lost")
+    assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
 
 
 def test_unexpected_errors_are_500_problem_without_details(app, client) -> None:
@@ -120,6 +143,30 @@ def test_a_connection_the_server_drops_fails_one_request_and_the_pool_heals(
     with db.session() as session:
         stored = session.scalars(select(Prediction.client_id).where(Prediction.client_id.like("d%"))).all()
         assert sorted(stored) == ["d0", "d2", "d3"]
+
+
+def test_a_connection_lost_before_the_teardown_rollback_keeps_the_answer(db, world: World) -> None:
+    """A read leaves its transaction for the teardown to roll back. When the server drops the connection between
+    the answer and that rollback (a PostgreSQL restart, in bench/load.py), the answer stands (the transaction ended
+    with the connection) instead of becoming a bare 500, and the next request gets a fresh connection."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the server dropping a connection: PostgreSQL only")
+    app = create_app(Settings(database_url=db.url))  # its own pool
+
+    @app.get("/read-then-lose-the-connection")
+    def read_then_lose_the_connection() -> dict[str, int]:
+        pid = get_connection().execute(text("SELECT pg_backend_pid()")).scalar_one()  # its transaction stays open
+        with db.engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+            gone = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+            while admin.execute(gone, {"pid": pid}).scalar_one():
+                time.sleep(0.01)
+        return {"pid": pid}
+
+    client = app.test_client()
+    assert client.get("/read-then-lose-the-connection").status_code == 200
+    r = client.post("/v1/predictions", json={"predictions": [prediction("after")]}, headers=world.auth(world.acme_rw))
+    assert r.status_code == 201  # the closed connection was replaced before use: no request fails
 
 
 def test_a_worker_thread_keeps_its_connection_and_each_request_ends_its_transaction(
