@@ -4,15 +4,25 @@ another tenant's prediction answers 404, exactly as one that does not exist."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 
 from flywheel.core.errors import NotFound
 from flywheel.domain.auth import Principal
-from flywheel.domain.schemas import FeedbackOut, LabelName, Name, Strict
+from flywheel.domain.schemas import (
+    NO_NUL_SCHEMA,
+    TENANT_PARAMETER,
+    FeedbackOut,
+    LabelName,
+    Name,
+    NoNul,
+    QueryInt,
+    ShortText,
+    Strict,
+)
 from flywheel.models.records import Prediction, Task
 from flywheel.web.context import get_session, get_settings
 from flywheel.web.serializers import feedback_out
@@ -24,8 +34,8 @@ bp = Blueprint("review", __name__, url_prefix="/v1")
 class ReviewQuery(Strict):
     task: Name
     kind: Literal["label_issue", "uncertain"] = "label_issue"
-    limit: int = Field(default=50, ge=1, le=500)
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+    limit: QueryInt = Field(default=50, ge=1, le=500)
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
 class ReviewItemOut(BaseModel):
@@ -50,10 +60,21 @@ class ReviewQueueOut(BaseModel):
 
 
 class ReviewIn(Strict):
+    """``label`` is required for ``relabel`` (one of the task's labels: 422 otherwise) and absent otherwise."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"decision": {"const": "relabel"}}},
+            "then": {"required": ["label"], "properties": {"label": {"type": "string"}}},
+            "else": {"properties": {"label": {"type": "null"}}},
+        },
+    )
+
     decision: Literal["keep", "relabel", "discard"]
     label: LabelName | None = None
-    note: str | None = Field(default=None, max_length=5000)
-    reviewer: str | None = Field(default=None, max_length=200, description="who decided (default: the API key)")
+    note: Annotated[str, StringConstraints(max_length=5000), NoNul, NO_NUL_SCHEMA] | None = None
+    reviewer: ShortText | None = Field(default=None, description="who decided (default: the API key)")
 
 
 class ReviewOut(BaseModel):
@@ -67,7 +88,7 @@ class ReviewOut(BaseModel):
 
 class LabelQualityQuery(Strict):
     task: Name
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
 class SourceOut(BaseModel):
@@ -148,7 +169,7 @@ def get_review(*, principal: Principal, query: ReviewQuery) -> Response:
 
 
 class TenantOnlyQuery(Strict):
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to act on")
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
 @operation(

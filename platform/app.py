@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gc
 import logging
-import secrets
+import threading
 import time
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from sqlalchemy.exc import SQLAlchemyError
 
 from flywheel.api import admin, ops, predict, predictions, tasks
 from flywheel.core import errors, logs, metrics
@@ -16,6 +19,7 @@ from flywheel.core.db import Database
 from flywheel.dashboard import views as dashboard_views
 from flywheel.domain.auth import KeyCache
 from flywheel.domain.ingest import TaskCatalog
+from flywheel.domain.secrets import stored_secret
 from flywheel.feedback import api as feedback_api
 from flywheel.monitoring import api as monitoring_api
 from flywheel.retrain import api as retrain_api
@@ -31,7 +35,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     logs.configure(settings.log_level)
     app = Flask(__name__)
     app.config.update(
-        SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+        SECRET_KEY=settings.secret_key or None,  # None: the secret stored in the database, on first use
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         FLYWHEEL_MAX_BODY_BYTES=settings.max_body_bytes,
         FLYWHEEL_MAX_BATCH_ITEMS=settings.max_batch_items,
@@ -47,6 +51,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         "tasks": TaskCatalog(),
         "keys": KeyCache(settings.key_cache_seconds),
     }
+    app.session_interface = StoredSecretSessions()
     errors.init_app(app)
     app.teardown_appcontext(close_session)
     _instrument(app)
@@ -63,6 +68,45 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     ):
         app.register_blueprint(blueprint)
     return app
+
+
+class StoredSecretSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, signed with ``FLYWHEEL_SECRET_KEY`` or, when that is not set, with the secret
+    stored in the database (:func:`~flywheel.domain.secrets.stored_secret`), so that every worker and every host
+    of a deployment accepts the cookies (and CSRF tokens) any of them issued.
+
+    The stored secret is read on the first request that uses a session (the dashboard's), not in ``create_app``:
+    the app starts, and answers the API, while the database is away. Until it is read, a request gets no session
+    (the dashboard answers 503)."""
+
+    SESSION_BLUEPRINTS = frozenset({"dashboard"})
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not app.secret_key:
+            if not self._uses_sessions(app, request.path):
+                return None  # the API has no sessions
+            try:
+                with self._lock:
+                    if not app.secret_key:
+                        app.secret_key = stored_secret(app.extensions[EXTENSION]["db"].engine)
+            except SQLAlchemyError as exc:
+                log.warning("the session secret could not be read from the database: %s", type(exc).__name__)
+                return None
+        return super().open_session(app, request)
+
+    def _uses_sessions(self, app: Flask, path: str) -> bool:
+        # (The session is opened before the URL is matched: ``request.blueprint`` is not known yet.)
+        prefixes = [
+            app.blueprints[name].url_prefix or "/" for name in self.SESSION_BLUEPRINTS if name in app.blueprints
+        ]
+        return any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        if app.secret_key:
+            super().save_session(app, session, response)
 
 
 def create_server_app(settings: Settings | None = None) -> Flask:

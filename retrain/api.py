@@ -6,7 +6,6 @@ variants, with per-tenant metrics and lineage reduced to its own tenant; admin k
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from flask import Blueprint, Response
@@ -15,9 +14,9 @@ from sqlalchemy import or_, select, true
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Conflict, NotFound
-from flywheel.domain import champions
+from flywheel.domain import artifacts, champions
 from flywheel.domain.auth import Principal
-from flywheel.domain.schemas import Name, Strict
+from flywheel.domain.schemas import MAX_ID, Name, QueryInt, Strict
 from flywheel.models.records import Task, Tenant
 from flywheel.models.training import ModelVersion, TrainingRun
 from flywheel.retrain import jobs, registry
@@ -36,7 +35,7 @@ class ModelQuery(Strict):
     task: Name | None = None
     tenant: Name | None = Field(default=None, description="only this tenant's variants ('shared': shared models)")
     status: Literal["candidate", "champion", "retired"] | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
 
 
 class ScopeIn(Strict):
@@ -61,7 +60,7 @@ class RunQuery(Strict):
     task: Name | None = None
     tenant: Name | None = None
     status: RunStatus | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
 
 
 def _task(session: Session, name: str) -> Task:
@@ -113,7 +112,8 @@ def list_models(*, principal: Principal, query: ModelQuery) -> Response:
 
 
 def _model_by_ref(session: Session, ref: str) -> ModelVersion:
-    model = session.get(ModelVersion, int(ref)) if ref.isdigit() else None
+    is_id = ref.isascii() and ref.isdigit() and int(ref) <= MAX_ID  # (an int beyond the column's range: no such id)
+    model = session.get(ModelVersion, int(ref)) if is_id else None
     if model is None:
         model = session.scalar(select(ModelVersion).where(ModelVersion.version == ref))
     if model is None:
@@ -144,13 +144,14 @@ def get_model(ref: str, *, principal: Principal) -> Response:
     summary="Make a model version the champion of its scope",
     scope="admin",
     responses={200: ModelOut},
+    errors=(409,),
 )
 def promote_model(ref: str, *, principal: Principal) -> Response:
     """The previous champion is retired and remembered: ``rollback`` restores it. Running web workers switch
     on their next request."""
     session = get_session()
     model = _model_by_ref(session, ref)
-    if model.rung != "zero_shot" and not (model.artifact_path and Path(model.artifact_path).exists()):
+    if model.rung != "zero_shot" and not artifacts.exists(model.artifact_path):
         raise Conflict(f"the artifact of {model.version} is missing ({model.artifact_path}); it cannot serve")
     model = registry.promote(session, model.id)
     out = model_out(principal, model)
@@ -165,6 +166,7 @@ def promote_model(ref: str, *, principal: Principal) -> Response:
     summary="Restore the previous champion of a task (or of one tenant's variant)",
     scope="admin",
     documented_body=ScopeIn,
+    body_required=False,
     responses={200: RollbackOut},
 )
 def rollback_task(name: str, *, principal: Principal) -> Response:
@@ -201,6 +203,7 @@ def rollback_task(name: str, *, principal: Principal) -> Response:
     scope="admin",
     body=TrainingRunIn,
     responses={202: TrainingRunOut},
+    errors=(404,),
 )
 def post_training_run(*, principal: Principal, body: TrainingRunIn) -> Response:
     """Answers 202 with the run's ``id``; a run already queued for the same scope is returned instead."""
@@ -241,7 +244,7 @@ def list_training_runs(*, principal: Principal, query: RunQuery) -> Response:
 @operation(
     bp,
     "GET",
-    "/training-runs/<int:run_id>",
+    f"/training-runs/<int(max={MAX_ID}):run_id>",
     summary="Follow a training run",
     scope="read",
     responses={200: TrainingRunOut},

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from flywheel.core import metrics
 from flywheel.core.errors import NotFound, PayloadTooLarge
 from flywheel.domain.auth import Principal
-from flywheel.domain.schemas import ClientId, Name, Strict
+from flywheel.domain.schemas import ClientId, Name, SafeStr, Strict, Timestamp
 from flywheel.models.records import Task
 from flywheel.retrain.serving import ModelServer, ServeInput
 from flywheel.web.context import get_session, get_settings
@@ -24,15 +24,23 @@ SERVER_KEY = "flywheel.retrain.serving"
 
 class PredictInput(Strict):
     id: ClientId | None = Field(default=None, description="the idempotency key; generated when absent")
-    text: str = Field(min_length=1, max_length=100_000)
+    text: SafeStr = Field(min_length=1, max_length=100_000)
     metadata: dict[str, Any] | None = None
-    created_at: AwareDatetime | None = Field(default=None, description="when the request happened; default now")
+    created_at: Timestamp | None = Field(default=None, description="when the request happened; default now")
 
 
 class PredictRequest(Strict):
-    task: Name
-    inputs: list[PredictInput] = Field(min_length=1)
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to predict for")
+    """Inputs are unique by ``id`` (409 otherwise, as for an ``id`` already logged with another text)."""
+
+    task: Name = Field(description="an existing task (404 otherwise)")
+    inputs: list[PredictInput] = Field(
+        min_length=1, json_schema_extra={"x-limit": "max_predict_inputs"}, description="413 above the limit"
+    )
+    tenant: Name | None = Field(
+        default=None,
+        description="the tenant to predict for: required with an admin key that belongs to no tenant (422), "
+        "else absent or the key's own tenant (another: 404)",
+    )
 
 
 class PredictOutput(BaseModel):
@@ -66,6 +74,7 @@ def model_server() -> ModelServer:
     scope="ingest",
     body=PredictRequest,
     responses={200: PredictResponse},
+    errors=(404, 409),
 )
 def post_predict(*, principal: Principal, body: PredictRequest) -> Response:
     """The caller's tenant variant answers when it has one, else the task's shared champion."""
@@ -73,7 +82,7 @@ def post_predict(*, principal: Principal, body: PredictRequest) -> Response:
     if len(body.inputs) > limit:
         raise PayloadTooLarge(f"{len(body.inputs)} inputs in one request; the limit is {limit}")
     session = get_session()
-    tenant = principal.tenant_for(session, body.tenant)
+    tenant = principal.tenant_for(session, body.tenant, loc=("tenant",))
     task = session.scalar(select(Task).where(Task.name == body.task))
     if task is None:
         raise NotFound(f"task '{body.task}' does not exist")

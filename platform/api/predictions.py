@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 import functools
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import Counter
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, or_, select, true
 from sqlalchemy.orm import Session
 
 from flywheel.core import metrics
-from flywheel.core.errors import BadRequest, NotFound, PayloadTooLarge
+from flywheel.core.errors import NotFound, PayloadTooLarge, Unprocessable
 from flywheel.domain.auth import Principal
 from flywheel.domain.ingest import IngestResult as IngestStored
 from flywheel.domain.ingest import ingest_feedback, ingest_predictions
 from flywheel.domain.schemas import (
+    CURSOR_PATTERN,
+    MAX_ID,
     FeedbackBatch,
     FeedbackIn,
     IngestResult,
@@ -39,6 +41,7 @@ bp = Blueprint("predictions", __name__, url_prefix="/v1")
 def _ingest(
     principal: Principal,
     db: Connection | Session,
+    query: TenantQuery,
     *,
     root: str,
     item: type[PredictionIn] | type[FeedbackIn],
@@ -51,7 +54,8 @@ def _ingest(
     limit = current_app.config["FLYWHEEL_MAX_BATCH_ITEMS"]
     if parsed.size > limit:
         raise PayloadTooLarge(f"{parsed.size} {root} items in one request; the limit is {limit}")
-    result = store(db, principal.own_tenant_id(), parsed.items, batch=parsed)
+    tenant_id = principal.tenant_id_for(db, query.tenant)
+    result = store(db, tenant_id, parsed.items, batch=parsed)
     db.commit()
     stored.inc(result.accepted)
     body = IngestResult(accepted=result.accepted, duplicates=result.duplicates)
@@ -64,14 +68,18 @@ def _ingest(
     "/predictions",
     summary="Log predictions (one object or a batch of up to 1,000)",
     scope="ingest",
-    documented_body=PredictionBatch,
+    query=TenantQuery,
+    documented_body=(PredictionBatch, PredictionIn),
     responses={201: IngestResult, 200: IngestResult},
+    errors=(409,),
 )
-def post_predictions(*, principal: Principal) -> Response:
-    """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing."""
+def post_predictions(*, principal: Principal, query: TenantQuery) -> Response:
+    """Atomic and idempotent on each item's ``id``: a replayed batch answers 200 and stores nothing. The body is a
+    batch (``{"predictions": [...]}``) or one bare item."""
     return _ingest(
         principal,
         get_connection(),  # Core only: no ORM session on the hottest path
+        query,
         root="predictions",
         item=PredictionIn,
         batch=PredictionBatch,
@@ -86,14 +94,18 @@ def post_predictions(*, principal: Principal) -> Response:
     "/feedback",
     summary="Log user feedback on predictions",
     scope="ingest",
-    documented_body=FeedbackBatch,
+    query=TenantQuery,
+    documented_body=(FeedbackBatch, FeedbackIn),
     responses={201: IngestResult, 200: IngestResult},
+    errors=(409,),
 )
-def post_feedback(*, principal: Principal) -> Response:
-    """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived."""
+def post_feedback(*, principal: Principal, query: TenantQuery) -> Response:
+    """Every item is kept (never overwritten); the effective label of each touched prediction is re-derived. The
+    body is a batch (``{"feedback": [...]}``) or one bare item."""
     return _ingest(
         principal,
         get_session(),
+        query,
         root="feedback",
         item=FeedbackIn,
         batch=FeedbackBatch,
@@ -122,16 +134,27 @@ def get_prediction(prediction_id: str, *, principal: Principal, query: TenantQue
     return json_response(predictions_out(session, [row])[0])
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR = re.compile(CURSOR_PATTERN)
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
 def _encode_cursor(created_at: datetime, pk: int) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode()
+    """``<microseconds since the epoch>.<row id>``: a position in the list, newest first."""
+    return f"{(created_at - EPOCH) // timedelta(microseconds=1)}.{pk}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """Every string of the documented form is a position: one beyond the years 1-9999 is the list's end or start."""
+    if not _CURSOR.fullmatch(cursor):  # (the query schema checks it; this keeps the function safe on its own)
+        raise Unprocessable("invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": "not a cursor"}])
+    micros, pk = cursor.split(".")
     try:
-        stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp), int(pk)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the cursor is not one this API returned") from None
+        at = EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        at = _FIRST if micros.startswith("-") else _LAST
+    return at, int(pk)
 
 
 @operation(
@@ -160,7 +183,8 @@ def list_predictions(*, principal: Principal, query: PredictionQuery) -> Respons
         stmt = stmt.where(Prediction.feedback_count > 0 if query.has_feedback else Prediction.feedback_count == 0)
     if query.cursor:
         at, pk = _decode_cursor(query.cursor)
-        stmt = stmt.where(or_(Prediction.created_at < at, and_(Prediction.created_at == at, Prediction.id < pk)))
+        before_pk = Prediction.id < pk if pk <= MAX_ID else true()  # (an id past the column's range: all are before)
+        stmt = stmt.where(or_(Prediction.created_at < at, and_(Prediction.created_at == at, before_pk)))
     rows = list(
         session.scalars(stmt.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(query.limit + 1))
     )

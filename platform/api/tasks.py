@@ -18,7 +18,8 @@ from flywheel.web.spec import json_response, operation
 bp = Blueprint("tasks", __name__, url_prefix="/v1")
 
 
-@operation(bp, "POST", "/tasks", summary="Create a task", scope="admin", body=TaskIn, responses={201: TaskOut})
+@operation(bp, "POST", "/tasks", summary="Create a task", scope="admin", body=TaskIn, responses={201: TaskOut},
+           errors=(409,))  # fmt: skip
 def post_task(*, principal: Principal, body: TaskIn) -> Response:
     session = get_session()
     task = create_task(session, body)

@@ -7,7 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, json
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,10 @@ class PayloadTooLarge(ApiError):
     status = 413
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
 class Unprocessable(ApiError):
     status = 422
 
@@ -106,6 +110,19 @@ def init_app(app: Flask) -> None:
         detail = exc.description if status != 500 else None
         return problem(status, detail, headers=headers)
 
+    @app.errorhandler(IntegrityError)
+    def _integrity_error(exc: IntegrityError) -> Response:
+        # A uniqueness or reference check lost a race to a concurrent request (the services check first; only
+        # the database sees both): the request is fine, the data moved under it.
+        log.warning("integrity error (a concurrent change): %s", type(exc.orig).__name__)
+        return problem(409, "the request conflicts with a concurrent change to the same data; retry it")
+
+    @app.errorhandler(DataError)
+    def _data_error(exc: DataError) -> Response:
+        # A value the schemas let through but the database cannot store: a validation gap, logged to be closed.
+        log.warning("data error (a value the database cannot store): %s", type(exc.orig).__name__)
+        return problem(422, "a value in the request is outside what the database can store")
+
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
     def _db_error(exc: DBAPIError) -> Response:
@@ -136,5 +153,8 @@ def _is_unreachable(exc: DBAPIError) -> bool:
         "the database system is",
         "no such host",
         "connection is closed",
+        "connection reset",  # e.g. connecting while PostgreSQL restarts: "… failed: Connection reset by peer"
+        "broken pipe",
+        "no connection to the server",
     )
     return isinstance(exc, OperationalError) and any(m in text for m in markers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -20,13 +22,14 @@ from flask import (
     send_file,
     url_for,
 )
+from flask import session as cookie_session
 from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from flywheel.core.db import utcnow
-from flywheel.core.errors import ApiError, NotFound
+from flywheel.core.errors import ApiError, NotFound, ServiceUnavailable
 from flywheel.dashboard import charts, queries, sources
 from flywheel.dashboard.security import (
     CsrfError,
@@ -42,10 +45,13 @@ from flywheel.dashboard.security import (
     signed_in,
 )
 from flywheel.domain.auth import Principal
+from flywheel.domain.schemas import MAX_ID, NAME_PATTERN
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.web.context import get_session, get_settings
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the real platform/ folder, also in an editable install
+
+NAME = re.compile(NAME_PATTERN)
 
 bp = Blueprint(
     "dashboard",
@@ -113,6 +119,8 @@ def _before() -> Response | None:
     if request.endpoint in STATIC_ENDPOINTS:  # files: no session, no database
         g.dashboard_principal = None
         return None
+    if current_app.session_interface.is_null_session(cookie_session):  # the stored secret could not be read
+        raise ServiceUnavailable("the dashboard cannot sign sessions while the database is unreachable")
     settings = get_settings()
     g.dashboard_principal = load_principal(get_session(), lifetime_s=settings.dashboard_session_minutes * 60)
     check_csrf()
@@ -182,9 +190,15 @@ def _fmt_time(value: datetime | None) -> str:
 # --- scoping -----------------------------------------------------------------------------------------------------
 
 
+def _is_name(value: str | None) -> bool:
+    """A tenant slug or task name can only be of this form: anything else exists nowhere (and is not sent to the
+    database, which may refuse to compare it, e.g. a NUL on PostgreSQL)."""
+    return value is not None and NAME.fullmatch(value) is not None
+
+
 def _tenant_or_404(session: Session, principal: Principal, slug: str) -> Tenant:
     """A tenant the caller may see; another tenant's page answers 404, exactly like one that does not exist."""
-    tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+    tenant = session.scalar(select(Tenant).where(Tenant.slug == slug)) if _is_name(slug) else None
     if tenant is None or not principal.can_see_tenant(tenant.id):
         raise NotFound(f"there is no tenant '{slug}'")
     return tenant
@@ -327,7 +341,7 @@ def tenant(tenant: str) -> str:
     return render_template("dashboard/tenant.html", charts=chart_json, **context)
 
 
-@bp.get("/reports/<int:report_id>")
+@bp.get(f"/reports/<int(max={MAX_ID}):report_id>")
 @signed_in
 def drift_report(report_id: int) -> Response:
     principal = current_principal()
@@ -398,7 +412,7 @@ def _recent_reviews(session: Session, *, tenant_id: int, limit: int = 20) -> lis
     return [(f, p) for f, p in session.execute(stmt).tuples()]
 
 
-@bp.post("/tenants/<tenant>/review/<int:prediction_id>")
+@bp.post(f"/tenants/<tenant>/review/<int(max={MAX_ID}):prediction_id>")
 @signed_in
 def review_decide(tenant: str, prediction_id: int) -> Any:
     principal = current_principal()
@@ -411,7 +425,7 @@ def review_decide(tenant: str, prediction_id: int) -> Any:
         raise NotFound(f"there is no prediction {prediction_id}")
     decision = request.form.get("decision", "")
     label = (request.form.get("label") or "").strip() or None
-    note = (request.form.get("note") or "").strip() or None
+    note = (request.form.get("note") or "").replace("\x00", "").strip()[:5000] or None  # NUL: no text column holds it
     back = url_for("dashboard.review", tenant=row.slug, task=prediction.task.name, kind=request.form.get("kind"))
     if decision not in DECISIONS:
         flash(f"Unknown decision '{decision}'.", "error")
@@ -444,7 +458,7 @@ def models() -> str:
     session = get_session()
     tenant_id = _visible_tenant_id(principal)
     task_name = request.args.get("task") or None
-    task = session.scalar(select(Task).where(Task.name == task_name)) if task_name else None
+    task = session.scalar(select(Task).where(Task.name == task_name)) if _is_name(task_name) else None
     task_id = task.id if task else None
     model_rows = sources.models(session, principal, tenant_id=tenant_id, task_id=task_id)
     runs = sources.training_runs(session, principal, tenant_id=tenant_id, task_id=task_id)
@@ -452,7 +466,7 @@ def models() -> str:
     return render_template("dashboard/models.html", models=model_rows, runs=runs, task=task, tasks=all_tasks)
 
 
-@bp.route("/models/<int:model_id>/promote", methods=["GET", "POST"])
+@bp.route(f"/models/<int(max={MAX_ID}):model_id>/promote", methods=["GET", "POST"])
 @signed_in
 def promote(model_id: int) -> Any:
     principal = current_principal()
@@ -475,11 +489,12 @@ def _admin_scope(session: Any, values: Any) -> tuple[Task, Tenant | None]:
     """The task and optional tenant an admin action names (form or query); 403 for non-admins, 404 if unknown."""
     if not current_principal().is_admin:
         abort(403)
-    task = session.scalar(select(Task).where(Task.name == values.get("task", "")))
+    task_name = values.get("task", "")
+    task = session.scalar(select(Task).where(Task.name == task_name)) if _is_name(task_name) else None
     if task is None:
         raise NotFound("there is no such task")
     tenant_slug = values.get("tenant") or None
-    tenant_row = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug)) if tenant_slug else None
+    tenant_row = session.scalar(select(Tenant).where(Tenant.slug == tenant_slug)) if _is_name(tenant_slug) else None
     if tenant_slug and tenant_row is None:
         raise NotFound(f"there is no tenant '{tenant_slug}'")
     return task, tenant_row
@@ -540,8 +555,9 @@ def _period() -> tuple[date, date]:
     try:
         end = date.fromisoformat(request.args["end"]) if request.args.get("end") else today
         start = date.fromisoformat(request.args["start"]) if request.args.get("start") else end - timedelta(days=29)
-    except ValueError:
-        abort(400, "start and end are dates like 2026-11-01")
+        end + timedelta(days=1)  # the report reads up to the next day: it must exist (OverflowError otherwise)
+    except (ValueError, OverflowError):
+        abort(400, "start and end are dates like 2026-11-01, before 9999-12-31")
     if start > end:
         start, end = end, start
     if (end - start).days > 366:

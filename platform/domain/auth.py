@@ -17,6 +17,8 @@ from flywheel.core.errors import Forbidden, NotFound, Unauthorized, Unprocessabl
 from flywheel.models.records import ApiKey, Tenant, split_scopes
 
 SCOPES = ("ingest", "read", "admin")
+#: Where a request names the tenant it acts on, unless the view says otherwise.
+TENANT_LOC = ("query", "tenant")
 KEY_PREFIX = "fw"
 
 
@@ -46,7 +48,10 @@ def create_key(
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the secret, which is never stored and cannot be shown again."""
     if tenant is None and "admin" not in scopes:
-        raise ValueError("a key without a tenant must have the admin scope")
+        raise Unprocessable(
+            "a key without a tenant must have the admin scope",
+            errors=[{"loc": ["tenant"], "msg": "required unless the scopes include 'admin'"}],
+        )
     key, prefix = generate_key()
     row = ApiKey(tenant=tenant, prefix=prefix, key_hash=hash_key(key), scopes=",".join(scopes), name=name)
     session.add(row)
@@ -72,25 +77,33 @@ class Principal:
             raise Forbidden(f"this API key lacks the '{scope}' scope")
         return self
 
-    def tenant_for(self, session: Session, slug: str | None = None) -> Tenant:
-        """The tenant a request acts on: the key's own; an admin may name any tenant with ``slug``."""
-        if self.is_admin and slug is not None:
-            tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
-            if tenant is None:
-                raise NotFound(f"tenant '{slug}' does not exist")
-            return tenant
-        if slug is not None and slug != self.tenant_slug:
-            raise NotFound(f"tenant '{slug}' does not exist")
-        tenant = session.get(Tenant, self.own_tenant_id())
+    def tenant_for(self, session: Session, slug: str | None = None, *, loc: tuple[str, ...] = TENANT_LOC) -> Tenant:
+        """The tenant a request acts on: the key's own; an admin may name any tenant with ``slug`` (at ``loc`` in
+        the request), and must when its key belongs to no tenant."""
+        tenant = session.get(Tenant, self.tenant_id_for(session, slug, loc=loc))
         assert tenant is not None
         return tenant
 
-    def own_tenant_id(self) -> int:
-        """The key's tenant, for requests that act on it only (ingestion); an admin key without one gets a 422."""
+    def tenant_id_for(
+        self, db: Session | Connection, slug: str | None = None, *, loc: tuple[str, ...] = TENANT_LOC
+    ) -> int:
+        """:meth:`tenant_for`, as an id; no query unless an admin names a tenant (the ingestion hot path)."""
+        if self.is_admin and slug is not None and slug != self.tenant_slug:
+            tenant_id = db.scalar(select(Tenant.id).where(Tenant.slug == slug))
+            if tenant_id is None:
+                raise NotFound(f"tenant '{slug}' does not exist")
+            return int(tenant_id)
+        if slug is not None and slug != self.tenant_slug:
+            raise NotFound(f"tenant '{slug}' does not exist")
+        return self.own_tenant_id(loc=loc)
+
+    def own_tenant_id(self, *, loc: tuple[str, ...] = TENANT_LOC) -> int:
+        """The key's tenant; an admin key without one gets a 422 naming ``loc``, where the request names a tenant."""
         if self.tenant_id is None:
             raise Unprocessable(
-                "this admin key belongs to no tenant: name one with the 'tenant' query parameter",
-                errors=[{"loc": ["query", "tenant"], "msg": "required for admin keys"}],
+                f"this admin key belongs to no tenant: name one with '{loc[-1]}'"
+                + (" (a query parameter)" if loc[0] == "query" else ""),
+                errors=[{"loc": list(loc), "msg": "required for an admin key that belongs to no tenant"}],
             )
         return self.tenant_id
 

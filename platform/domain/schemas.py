@@ -1,17 +1,133 @@
-"""Request and response schemas of the core API, declared once: they validate requests and generate OpenAPI."""
+"""Request and response schemas of the core API, declared once: they validate requests and generate OpenAPI.
+
+The generated document states every rule a request must follow that a JSON Schema can state (patterns, bounds,
+``uniqueItems``, conditionals), and the server enforces each one; rules that depend on stored data (a task's labels,
+an existing prediction) are stated in the descriptions and answered with 404, 409 or 422.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic import Strict as StrictInput
 
 ClientId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-LabelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000)")
+    return value
+
+
+# Text the database stores: anything but NUL, which a PostgreSQL text column cannot hold. Stated as ``not`` a
+# pattern rather than as a pattern for the whole string: beside a large ``maxLength`` that makes generating examples
+# slow. (Length constraints go before the check, in one ``Annotated``, for pydantic's plain length messages.)
+NoNul = AfterValidator(_no_nul)
+NO_NUL_SCHEMA = Field(json_schema_extra={"not": {"pattern": "\\x00"}})
+SafeStr = Annotated[str, NoNul, NO_NUL_SCHEMA]
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul, NO_NUL_SCHEMA]
+ShortText = Annotated[str, StringConstraints(max_length=200), NoNul, NO_NUL_SCHEMA]
+LongText = Annotated[str, StringConstraints(max_length=10_000), NoNul, NO_NUL_SCHEMA]
 Source = Literal["end_user", "agent", "annotator", "reviewer", "system"]
 Scope = Literal["ingest", "read", "admin"]
+#: Database ids: the integers a 32-bit signed column holds (PostgreSQL ``integer``).
+MAX_ID = 2**31 - 1
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON numbers in request bodies: a number is a JSON number (not a string or a boolean, which pydantic's lax mode
+# would convert), and an integer is one without a fractional part (JSON Schema counts 7.0 as an integer).
+Number = StrictFloat
+Integer = Annotated[int, BeforeValidator(_integral), StrictInput()]
+
+
+def _query_int(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value):
+        raise ValueError("must be an integer, in decimal digits")
+    return value
+
+
+def _query_bool(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value
+
+
+# Query parameters arrive as text: an integer is decimal digits (not "1_0" or "10.0", which pydantic's lax mode
+# would read), a boolean is "true" or "false" (not "yes" or "1").
+QueryInt = Annotated[int, BeforeValidator(_query_int)]
+QueryBool = Annotated[bool, BeforeValidator(_query_bool)]
+
+# RFC 3339 date-times whose instant every backend can store: years 0002-9998, so that any UTC offset stays within
+# Python's years 1-9999 (``0001-01-01T00:00:00+01:00`` is year 0 in UTC). Upper-case ``T`` and ``Z`` and at most six
+# fractional digits, as pydantic reads them.
+TIMESTAMP_PATTERN = (
+    r"^(000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+
+def _timestamp_text(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with a UTC offset, e.g. 2026-11-27T01:00:00Z")
+    return value
+
+
+def _storable(value: datetime) -> datetime:
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("is outside the range of storable instants (years 0002-9998)") from None
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_timestamp_text),
+    AfterValidator(_storable),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
+]
+
+# An http(s) URL: a host name (up to 11 dot-separated labels of letters, digits and inner hyphens), an optional port
+# (0-65535), path and query, in RFC 3986 characters. Every string it matches is a valid URI (``format: uri``) of at
+# most 1,920 characters: the pattern bounds the length itself (a ``maxLength`` beside a pattern this size makes
+# generating examples, for a client or a fuzzer, very slow).
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_PCHAR = r"(%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@-])"
+URL_PATTERN = (
+    rf"^https?://{_LABEL}(\.{_LABEL}){{0,10}}(:{_PORT})?(/({_PCHAR}|/){{0,300}})?(\?({_PCHAR}|[/?]){{0,100}})?$"
+)
+
+HttpUrl = Annotated[
+    str,
+    StringConstraints(pattern=URL_PATTERN),
+    WithJsonSchema({"type": "string", "format": "uri", "pattern": URL_PATTERN}),
+]
 
 
 class Strict(BaseModel):
@@ -38,8 +154,8 @@ class Problem(BaseModel):
 
 class TenantIn(Strict):
     slug: Name
-    name: str = Field(min_length=1, max_length=200)
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    name: SafeStr = Field(min_length=1, max_length=200)
+    webhook_url: HttpUrl | None = Field(default=None, description="an http(s) URL for alerts")
 
 
 class TenantOut(BaseModel):
@@ -58,9 +174,20 @@ class TenantList(BaseModel):
 
 
 class KeyIn(Strict):
-    tenant: Name | None = None
-    scopes: list[Scope] = Field(min_length=1)
-    name: str | None = Field(default=None, max_length=200)
+    """A key without a tenant is an admin key: it must have the ``admin`` scope."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            # Without a tenant (absent or null), the scopes must include "admin".
+            "if": {"properties": {"tenant": {"type": "null"}}},
+            "then": {"properties": {"scopes": {"contains": {"const": "admin"}}}},
+        },
+    )
+
+    tenant: Name | None = Field(default=None, description="the key's tenant; absent or null: an admin key")
+    scopes: list[Scope] = Field(min_length=1, description="repeats are ignored")
+    name: ShortText | None = None
 
 
 class KeyOut(BaseModel):
@@ -92,12 +219,17 @@ class KeyList(BaseModel):
 
 class TaskIn(Strict):
     name: Name
-    labels: list[LabelName] = Field(min_length=2, max_length=10_000)
-    description: str = Field(default="", max_length=10_000)
-    label_descriptions: dict[str, str] = Field(
-        default_factory=dict, description="optional description per label, used by the zero-shot model"
+    labels: list[LabelName] = Field(
+        min_length=2, max_length=10_000, json_schema_extra={"uniqueItems": True}, description="unique label names"
     )
-    base_model: str | None = Field(default=None, description="a local save_pretrained directory")
+    description: SafeStr = Field(default="", max_length=10_000)
+    label_descriptions: dict[LabelName, LongText] = Field(
+        default_factory=dict,
+        description="optional description per label, used by the zero-shot model; each key is one of `labels` (422)",
+    )
+    base_model: Annotated[str, StringConstraints(max_length=1000), NoNul, NO_NUL_SCHEMA] | None = Field(
+        default=None, description="a local save_pretrained directory"
+    )
 
     @field_validator("labels")
     @classmethod
@@ -130,19 +262,26 @@ class TaskList(BaseModel):
 
 
 class PredictionIn(Strict):
-    id: ClientId
-    task: Name
-    text: str = Field(min_length=1, max_length=100_000)
-    label: LabelName
-    confidence: float = Field(ge=0.0, le=1.0)
-    probabilities: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
-    model_version: str | None = Field(default=None, max_length=200)
-    created_at: AwareDatetime | None = None
+    """One prediction. Rules that depend on the task (422, by item index): ``task`` exists, ``label`` is one of its
+    labels; ``probabilities``, when given, has only task labels, values summing to 1 within 1e-3, the highest one for
+    ``label``, and ``confidence`` as its value. An ``id`` already stored with other content: 409."""
+
+    id: ClientId = Field(description="the client's id and idempotency key, unique per tenant")
+    task: Name = Field(description="an existing task")
+    text: SafeStr = Field(min_length=1, max_length=100_000)
+    label: LabelName = Field(description="one of the task's labels")
+    confidence: Number = Field(ge=0.0, le=1.0)
+    probabilities: dict[LabelName, Annotated[Number, Field(ge=0.0, le=1.0)]] | None = None
+    model_version: ShortText | None = None
+    created_at: Timestamp | None = Field(default=None, description="when the prediction was made; default now")
     metadata: dict[str, Any] | None = None
 
 
 class PredictionBatch(Strict):
-    predictions: list[PredictionIn] = Field(min_length=1)
+    """Up to the configured limit of items (1,000 by default; 413 above), atomic: any bad item rejects the batch
+    (422, every bad item by index). Items are unique by ``id`` (one repeated with other content: 422)."""
+
+    predictions: list[PredictionIn] = Field(min_length=1, json_schema_extra={"x-limit": "max_batch_items"})
 
 
 class IngestResult(BaseModel):
@@ -188,31 +327,47 @@ class PredictionPage(BaseModel):
     next_cursor: str | None
 
 
+#: ``next_cursor`` of a page: the last item's time (microseconds since the Unix epoch) and its row id.
+CURSOR_PATTERN = r"^-?[0-9]{1,18}\.[0-9]{1,10}$"
+
+TENANT_PARAMETER = (
+    "the tenant to act on. Required with an admin key that belongs to no tenant (422 without it); a tenant's key "
+    "may omit it or name its own tenant (any other: 404)"
+)
+
+
 class PredictionQuery(Strict):
-    task: Name | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
-    has_feedback: bool | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
-    cursor: str | None = Field(default=None, max_length=200)
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+    task: Name | None = Field(default=None, description="only this task's predictions (404 if it does not exist)")
+    since: Timestamp | None = Field(default=None, description="created at or after")
+    until: Timestamp | None = Field(default=None, description="created before")
+    has_feedback: QueryBool | None = None
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(
+        default=None, pattern=CURSOR_PATTERN, description="the previous page's `next_cursor` (treat it as opaque)"
+    )
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
 class TenantQuery(Strict):
-    tenant: Name | None = Field(default=None, description="admin keys only: the tenant to read")
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
 # --- feedback ---------------------------------------------------------------------------------------------------
 
 
 class FeedbackIn(Strict):
-    id: ClientId
-    prediction_id: ClientId
-    label: LabelName
+    """One feedback item. Rules that depend on stored data (422, by item index): ``prediction_id`` is one of the
+    tenant's predictions and ``label`` one of its task's labels. An ``id`` already stored with other content: 409."""
+
+    id: ClientId = Field(description="the feedback's idempotency key, unique per tenant")
+    prediction_id: ClientId = Field(description="the id of a prediction of the same tenant")
+    label: LabelName = Field(description="one of the prediction's task's labels")
     source: Source
-    source_id: str | None = Field(default=None, max_length=200)
-    created_at: AwareDatetime | None = None
+    source_id: ShortText | None = None
+    created_at: Timestamp | None = Field(default=None, description="when the feedback was given; default now")
 
 
 class FeedbackBatch(Strict):
-    feedback: list[FeedbackIn] = Field(min_length=1)
+    """As for predictions: up to the configured limit of items (413 above), atomic, unique by ``id``."""
+
+    feedback: list[FeedbackIn] = Field(min_length=1, json_schema_extra={"x-limit": "max_batch_items"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
@@ -23,8 +24,11 @@ def create_tenant(session: Session, *, slug: str, name: str, webhook_url: str | 
     if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
         raise Conflict(f"tenant '{slug}' already exists")
     tenant = Tenant(slug=slug, name=name, webhook_url=webhook_url)
-    session.add(tenant)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent create of the same slug passed the check above too
+            session.add(tenant)
+    except IntegrityError:
+        raise Conflict(f"tenant '{slug}' already exists") from None
     return tenant
 
 

@@ -1,6 +1,7 @@
 """All tables. Importing this package registers every table on ``Base.metadata`` (Alembic and tests rely on it)."""
 
 from flywheel.core.db import Base
+from flywheel.models.app_secrets import AppSecret  # noqa: F401
 from flywheel.models.label_quality import EmbeddingCache, LabelQualityResult, LabelQualityRun, LabelSourceStat  # noqa: F401
 from flywheel.models.records import ApiKey, Feedback, Prediction, Task, Tenant
 from flywheel.models.slas import Alert, DriftReport, Sla, SlaChange, SlaEvaluation  # noqa: F401

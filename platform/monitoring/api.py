@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from flywheel.core.errors import NotFound
 from flywheel.domain.auth import Principal
-from flywheel.domain.schemas import Name, Strict
+from flywheel.domain.schemas import MAX_ID, NO_NUL_SCHEMA, HttpUrl, Integer, Name, NoNul, Number, QueryInt, Strict
 from flywheel.models.records import Task, Tenant
 from flywheel.models.slas import Alert, DriftReport, Sla, SlaChange, SlaEvaluation
 from flywheel.monitoring import sla as sla_mod
@@ -25,12 +25,20 @@ bp = Blueprint("monitoring", __name__, url_prefix="/v1")
 Status = Literal["met", "at_risk", "breached", "insufficient_data"]
 
 
+#: ``accuracy``, ``macro_f1``, or ``recall:<label>`` / ``precision:<label>`` for one of the task's labels.
+METRIC_PATTERN = r"^(accuracy|macro_f1|(recall|precision):[\s\S]{1,200})$"
+
+
 class SlaIn(Strict):
-    metric: str = Field(description="accuracy, macro_f1, recall:<label> or precision:<label>")
-    threshold: float = Field(ge=0, le=1)
-    window_days: int = Field(default=7, ge=1, le=366)
-    min_labeled: int = Field(default=200, ge=1)
-    warning_margin: float = Field(default=0.02, ge=0, le=1)
+    metric: str = Field(
+        pattern=METRIC_PATTERN,
+        description="accuracy, macro_f1, recall:<label> or precision:<label>, where <label> is one of the task's "
+        "labels (422 otherwise)",
+    )
+    threshold: Number = Field(ge=0, le=1)
+    window_days: Integer = Field(default=7, ge=1, le=366)
+    min_labeled: Integer = Field(default=200, ge=1, le=MAX_ID)
+    warning_margin: Number = Field(default=0.02, ge=0, le=1)
 
 
 class DriftOut(BaseModel):
@@ -130,24 +138,23 @@ class AlertList(BaseModel):
 
 
 class ListQuery(Strict):
-    tenant: Name | None = Field(default=None, description="admin keys only: one tenant")
-    limit: int = Field(default=100, ge=1, le=1000)
+    tenant: Name | None = Field(
+        default=None,
+        description="only this tenant (an admin key sees every tenant without it); a tenant's key may name only its "
+        "own (any other: 404)",
+    )
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
 
 
 class HistoryQuery(Strict):
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: QueryInt = Field(default=100, ge=1, le=1000)
 
 
 class WebhookIn(Strict):
-    url: str | None = Field(max_length=2000, description="http(s) URL; null turns webhooks off")
-    secret: str | None = Field(default=None, min_length=16, max_length=128, description="generated when omitted")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+    url: HttpUrl | None = Field(description="an http(s) URL; null turns webhooks off")
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=128), NoNul, NO_NUL_SCHEMA] | None = Field(
+        default=None, description="generated when omitted"
+    )
 
 
 class WebhookOut(BaseModel):
@@ -334,8 +341,8 @@ def sla_changes(tenant: str, task: str, *, principal: Principal) -> Response:
     return json_response(SlaChangeList(items=items))
 
 
-@operation(bp, "GET", "/reports/<int:report_id>", summary="An Evidently drift report (HTML)", scope="read",
-           responses={200: "text/html"})  # fmt: skip
+@operation(bp, "GET", f"/reports/<int(max={MAX_ID}):report_id>", summary="An Evidently drift report (HTML)",
+           scope="read", responses={200: "text/html"})  # fmt: skip
 def get_report(report_id: int, *, principal: Principal) -> Response:
     """Another tenant's report answers 404, exactly like one that does not exist."""
     from flywheel.monitoring.drift import render_html

@@ -306,4 +306,4 @@ def test_list_is_newest_first_with_cursor_pagination_and_filters(client, world: 
     r = client.get("/v1/predictions?limit=0", headers=world.auth(world.acme_read))
     assert r.status_code == 422 and r.json["errors"][0]["loc"] == ["query", "limit"]
     r = client.get("/v1/predictions?cursor=garbage", headers=world.auth(world.acme_read))
-    assert r.status_code == 400
+    assert r.status_code == 422 and r.json["errors"][0]["loc"] == ["query", "cursor"]
