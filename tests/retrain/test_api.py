@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
@@ -20,13 +19,6 @@ from flywheel.retrain import jobs, registry
 
 from support import World
 from support.retrain import LABELS, TASK, add_labeled, make_task
-
-HOLDOUT = 25
-
-
-@pytest.fixture
-def rs(settings: Settings) -> Settings:
-    return settings.with_(holdout_percent=HOLDOUT, fine_tune_min_labels=100_000)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -24,18 +24,9 @@ from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import jobs, pipeline, registry
 from flywheel.retrain.classifiers import load_classifier
 
-from support.retrain import LABELS, TASK, add_labeled, make_task, shuffle_training_labels, synthetic
+from support.retrain import HOLDOUT, LABELS, TASK, add_labeled, make_task, shuffle_training_labels, synthetic
 
-HOLDOUT = 25
 TINY_FT = {"batch_size": 16, "learning_rate": 3e-3, "max_length": 16, "device": "cpu", "patience": 3}
-
-
-@pytest.fixture
-def rs(settings: Settings) -> Settings:
-    """Few-shot only (fine-tuning needs more labels than the tests log) unless a test lowers the threshold."""
-    return settings.with_(
-        holdout_percent=HOLDOUT, few_shot_min_per_class=2, fine_tune_min_labels=100_000, fine_tune_epochs=6
-    )
 
 
 def queue(db: Database, tenant: str | None = None, trigger: str = "test") -> int:

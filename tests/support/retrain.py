@@ -21,6 +21,7 @@ KEYWORDS = {
 FILLER = ["i", "my", "the", "please", "help", "when", "why", "is", "not", "can", "you", "still", "a", "it"]
 LABELS = list(KEYWORDS)
 TASK = "support"
+HOLDOUT = 25  # percent: a larger holdout than the default, so small test sets still have one
 
 
 def build_tiny_base(path: Path) -> Path:
