@@ -264,6 +264,7 @@ def test_webhook_urls_are_http_urls_everywhere(client: FlaskClient, world: World
     assert client.put("/v1/tenants/acme/webhook", json=fine, headers=admin).status_code == 200
 
 
+@pytest.mark.slow
 def test_every_url_the_pattern_admits_is_a_uri() -> None:
     """The document states ``format: uri`` and the pattern; the server checks the pattern, which must imply the
     format (the contract test reads the pattern alone)."""

@@ -113,6 +113,7 @@ def test_other_metrics(client: FlaskClient, world: World, settings: Settings, me
     assert row["estimated_value"] is None and row["estimated_accuracy"] is not None  # never mixed silently
 
 
+@pytest.mark.slow
 def test_tenant_scoping_of_slas_history_alerts_and_reports(
     client: FlaskClient, world: World, settings: Settings
 ) -> None:
