@@ -142,8 +142,8 @@ def warm_up(settings: Settings) -> None:
 # --- what the scheduler sends ------------------------------------------------------------------------------------
 
 
-def scopes(db: Database, *, labeled_only: bool = False) -> list[tuple[str, str]]:
-    """Every (task name, tenant slug) with predictions (or with an SLA, for monitoring: see ``sla_scopes``)."""
+def labeled_scopes(db: Database) -> list[tuple[str, str]]:
+    """Every (task name, tenant slug) with labeled predictions: the nightly label-quality passes."""
     from flywheel.models.records import Prediction
 
     with db.session() as session:
@@ -154,8 +154,7 @@ def scopes(db: Database, *, labeled_only: bool = False) -> list[tuple[str, str]]
             .distinct()
             .order_by(Task.name, Tenant.slug)
         )
-        if labeled_only:
-            stmt = stmt.where(Prediction.effective_label.is_not(None))
+        stmt = stmt.where(Prediction.effective_label.is_not(None))
         return [(t, n) for t, n in session.execute(stmt)]
 
 
@@ -177,8 +176,7 @@ def dispatch_nightly(db: Database, settings: Settings, app: Celery) -> int:
     from celery import chord
 
     passes = [
-        app.signature(TASK_LABEL_QUALITY, args=(task, tenant), queue=QUEUE_CPU)
-        for task, tenant in scopes(db, labeled_only=True)
+        app.signature(TASK_LABEL_QUALITY, args=(task, tenant), queue=QUEUE_CPU) for task, tenant in labeled_scopes(db)
     ]
     then = app.signature(TASK_QUEUE_NIGHTLY_RUNS, queue=QUEUE_CPU)
     if not settings.label_quality_enabled or not passes:

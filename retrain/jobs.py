@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -28,7 +27,7 @@ from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.slas import SlaEvaluation
 from flywheel.models.training import RUN_FINISHED, TrainingRun
 from flywheel.retrain import pipeline, registry
-from flywheel.retrain.routing import Executor
+from flywheel.retrain.routing import Executor, owner
 
 if TYPE_CHECKING:
     from flywheel.core.config import Settings
@@ -40,7 +39,7 @@ Progress = Callable[[float, str], None]
 
 
 def _host() -> str:
-    return socket.gethostname()[:255]
+    return owner()[0]
 
 
 def pid_alive(pid: int) -> bool:
@@ -267,7 +266,7 @@ def _claim_for_this_process(db: Database, settings: Settings, run_id: int) -> st
             raise LookupError(f"training run {run_id} does not exist")
         if run.status in RUN_FINISHED:
             return run.status
-        if run.status == "running" and (run.host, run.pid) != (_host(), os.getpid()):
+        if run.status == "running" and (run.host, run.pid) != owner():
             now = utcnow()
             why = abandoned_because(run, settings, now)
             if why is not None:
@@ -279,7 +278,7 @@ def _claim_for_this_process(db: Database, settings: Settings, run_id: int) -> st
             session.expire_all()
             again = session.get(TrainingRun, run_id)
             return again.status if again else "failed"
-        if run.status == "running" and (run.host, run.pid) != (_host(), os.getpid()):
+        if run.status == "running" and (run.host, run.pid) != owner():
             return "running"
     return None
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +29,7 @@ from flywheel.models.slas import Sla
 from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import gate, registry
 from flywheel.retrain.dataset import LabeledSet, TrainingData, build_training_data, embeddings_for
-from flywheel.retrain.routing import QUEUE_GPU, Executor, route_fine_tune
+from flywheel.retrain.routing import QUEUE_GPU, Executor, owner, route_fine_tune
 
 if TYPE_CHECKING:
     from flywheel.core.config import Settings
@@ -426,7 +425,7 @@ def hand_to_gpu_queue(db: Database, run_id: int, why: str) -> str:
     with db.session() as session:
         run = session.get(TrainingRun, run_id, with_for_update={"of": TrainingRun})
         assert run is not None
-        if run.status == "running" and (run.host, run.pid) == (socket.gethostname()[:255], os.getpid()):
+        if run.status == "running" and (run.host, run.pid) == owner():
             run.status, run.queue, run.host, run.pid = "queued", QUEUE_GPU, None, None
             run.started_at = run.heartbeat_at = run.dispatched_at = None
             run.attempts = max(run.attempts - 1, 0)
@@ -448,7 +447,7 @@ def register_and_finish(
     with db.session() as session:
         run = session.get(TrainingRun, inputs.run_id, with_for_update={"of": TrainingRun})
         assert run is not None
-        if run.status != "running" or (run.host, run.pid) != (socket.gethostname()[:255], os.getpid()):
+        if run.status != "running" or (run.host, run.pid) != owner():
             artifacts.delete(artifact)
             return run.status
         model = register_model(session, run, inputs, best, metrics, artifact)

@@ -26,6 +26,11 @@ QUEUE_CPU = "cpu"
 QUEUE_GPU = "gpu"
 
 
+def owner() -> tuple[str, int]:
+    """This process as a run's owner: ``(host, pid)``, as a claim records it."""
+    return socket.gethostname()[:255], os.getpid()
+
+
 @dataclass(frozen=True)
 class Executor:
     """What the process running a job can do: its name (``host:pid``), the queues it consumes, its device."""
@@ -52,7 +57,8 @@ def executor_for(queues: Sequence[str] | None = None) -> Executor:
     """This process as an executor: ``queues`` as given, else ``cpu`` plus ``gpu`` where CUDA is available."""
     device = detect_device()
     chosen = tuple(queues) if queues else ((QUEUE_CPU, QUEUE_GPU) if device.startswith("cuda") else (QUEUE_CPU,))
-    return Executor(name=f"{socket.gethostname()}:{os.getpid()}", queues=chosen, device=device)
+    host, pid = owner()
+    return Executor(name=f"{host}:{pid}", queues=chosen, device=device)
 
 
 def live_gpu_workers(db: Database, settings: Settings) -> list[str]:

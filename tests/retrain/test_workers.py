@@ -191,7 +191,11 @@ def test_a_queued_run_is_claimed_trained_and_gated_by_a_worker_once(
     assert run.status == "succeeded", (run.error, workers.logs())
     assert run.rung == "few_shot" and run.attempts == 1
     assert run.host and run.pid and run.pid != os.getpid()  # executed by the worker's process
-    time.sleep(1.0)  # give the duplicate message time to be consumed: it must not train a second time
+    import redis
+
+    queue = redis.Redis.from_url(ws.broker_url)
+    assert wait_for(lambda: queue.llen("cpu") == 0, timeout=60)  # the duplicate message was taken ...
+    time.sleep(0.5)  # ... and handled (acked late): it must not have trained a second time
     assert models_of(db, run_id) == 1
     assert run_row(db, run_id).attempts == 1
     with db.session() as session:
