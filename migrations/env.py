@@ -9,6 +9,7 @@ from alembic import context
 import flywheel.models  # noqa: F401  (registers every table on the metadata)
 from flywheel.core.config import Settings
 from flywheel.core.db import Base, make_engine
+from flywheel.domain.partitions import include_in_schema_check
 
 config = context.config
 
@@ -37,6 +38,7 @@ def _run(connection: Any) -> None:
         connection=connection,
         target_metadata=Base.metadata,
         include_name=include_name,
+        include_object=include_in_schema_check(connection.dialect.name),
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

@@ -43,6 +43,7 @@ JOB_NIGHTLY = "flywheel.nightly_retrain"
 JOB_MONITORING = "flywheel.monitoring"
 JOB_POLL = "flywheel.training_poll"
 JOB_EARLY = "flywheel.early_retrain"
+JOB_HOUSEKEEPING = "flywheel.housekeeping"
 
 # The running services of this process, by key: APScheduler stores a job's function by reference and its args
 # pickled, so jobs carry the key of their service rather than the service itself.
@@ -112,6 +113,7 @@ def job_triggers(settings: Settings) -> dict[str, Any]:
         JOB_MONITORING: CronTrigger.from_crontab(settings.monitor_cron, timezone=UTC),
         JOB_POLL: IntervalTrigger(seconds=settings.training_poll_seconds, timezone=UTC),
         JOB_EARLY: IntervalTrigger(seconds=settings.early_retrain_check_seconds, timezone=UTC),
+        JOB_HOUSEKEEPING: CronTrigger.from_crontab(settings.housekeeping_cron, timezone=UTC),
     }
 
 
@@ -156,6 +158,21 @@ def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
     return nightly_retrain(db, settings)
 
 
+def housekeeping(db: Database, settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
+    """Daily storage upkeep, cheap enough to run in the scheduler itself: on PostgreSQL, the coming months'
+    partitions; with ``retention_days``, the expiry of older predictions (whole partitions where it can)."""
+    from flywheel.domain import partitions
+
+    now = now or utcnow()
+    with db.session() as session:
+        created = partitions.ensure_partitions(session, now, months_ahead=settings.partition_months_ahead)
+        result: dict[str, Any] = {"partitions_created": created}
+        if settings.retention_days > 0 and partitions.is_partitioned(session):
+            dropped = partitions.drop_before(session, now - timedelta(days=settings.retention_days))
+            result.update(partitions_dropped=dropped.partitions, predictions_removed=dropped.predictions)
+    return result
+
+
 def _service(key: str) -> SchedulerService | None:
     service = _SERVICES.get(key)
     if service is None:
@@ -173,6 +190,12 @@ def monitoring_job(key: str) -> None:
     service = _service(key)
     if service is not None:
         service.run_cron_job(JOB_MONITORING, service.monitoring)
+
+
+def housekeeping_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.run_cron_job(JOB_HOUSEKEEPING, lambda: housekeeping(service.db, service.settings))
 
 
 def poll_job(key: str) -> None:
@@ -300,6 +323,7 @@ class SchedulerService:
             JOB_MONITORING: monitoring_job,
             JOB_POLL: poll_job,
             JOB_EARLY: early_retrain_job,
+            JOB_HOUSEKEEPING: housekeeping_job,
         }
         for job_id, fn in functions.items():
             scheduler.add_job(

@@ -66,6 +66,11 @@ class Settings:
     run_max_attempts: int = 3  # a run abandoned by a dead worker is queued again until this many claims
     worker_heartbeat_seconds: int = 30
     fine_tune_on_cpu: bool = False  # with a broker: may CPU workers fine-tune when no GPU worker is alive?
+    # Housekeeping (daily): on PostgreSQL, monthly partitions of the predictions are created this many months
+    # ahead; with retention_days > 0, predictions (and their feedback) older than that go, by whole partitions.
+    housekeeping_cron: str = "30 1 * * *"
+    partition_months_ahead: int = 3
+    retention_days: int = 0  # 0 keeps everything
     # Monitoring.
     drift_sample_cap: int = 50_000
     webhook_timeout_s: float = 5.0

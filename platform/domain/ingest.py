@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.core.db import UTCDateTime, connection_of, driver_execute, utcnow
 from flywheel.core.errors import Conflict, Unprocessable
+from flywheel.domain import partitions
 from flywheel.domain.effective import apply_rule
 from flywheel.domain.holdout import holdout_bucket
 from flywheel.domain.schemas import FeedbackIn, PredictionIn
@@ -98,16 +99,21 @@ def _sqlite_sql(table: Table) -> str:
 
 
 @functools.cache
-def _row_sql(table: Table) -> str:
+def _row_sql(table: Table, keyed: bool) -> str:
     """One row, PostgreSQL: a plain ``INSERT … VALUES`` with one placeholder per column. For a single item it costs
     psycopg less than building sixteen one-element arrays (measured)."""
     names = ", ".join(f'"{name}"' for name in _columns(table))
+    if keyed:
+        dialect = postgresql.dialect()
+        typed = [c for c in table.columns if c.name != "id"]
+        values = ", ".join(f"%s::{c.type.compile(dialect=dialect).lower()}" for c in typed)
+        return _keyed_sql(f"SELECT * FROM (VALUES ({values})) AS v ({names})")
     values = ", ".join(["%s"] * len(_columns(table)))
     return f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT (tenant_id, client_id) DO NOTHING"
 
 
 @functools.cache
-def _unnest_sql(table: Table) -> str:
+def _unnest_sql(table: Table, keyed: bool) -> str:
     """``INSERT … SELECT * FROM unnest(array per column)``: one statement with one parameter per column.
 
     A multi-row VALUES statement has one placeholder per value (16,000 for 1,000 predictions), and psycopg parses
@@ -122,9 +128,27 @@ def _unnest_sql(table: Table) -> str:
         for c in cols
     ]
     names = ", ".join(f'"{c.name}"' for c in cols)
+    if keyed:
+        return _keyed_sql(f"SELECT * FROM unnest({', '.join(casts)}) AS u ({names})")
     return (
         f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
         "ON CONFLICT (tenant_id, client_id) DO NOTHING"
+    )
+
+
+def _keyed_sql(rows_sql: str) -> str:
+    """PostgreSQL's predictions: the idempotency key goes to ``prediction_keys`` (the partitioned table cannot hold
+    it unique), and a prediction is inserted only when its key was new, in one statement. ``rows_sql`` selects the
+    rows with the table's column names."""
+    names = [f'"{c}"' for c in _columns(Prediction.__table__)]
+    return (
+        f"WITH incoming AS ({rows_sql}), "
+        f"keys AS (INSERT INTO {partitions.KEYS_TABLE} (tenant_id, client_id, prediction_id) "
+        "SELECT tenant_id, client_id, nextval('predictions_id_seq') FROM incoming "
+        "ON CONFLICT DO NOTHING RETURNING tenant_id, client_id, prediction_id) "
+        f"INSERT INTO {partitions.TABLE} (id, {', '.join(names)}) "
+        f"SELECT keys.prediction_id, {', '.join('incoming.' + n for n in names)} "
+        "FROM incoming JOIN keys USING (tenant_id, client_id)"
     )
 
 
@@ -135,12 +159,13 @@ def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: lis
     (``driver_execute(alone=True)``)."""
     dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
+    keyed = dialect == "postgresql" and table.name == partitions.TABLE and partitions.keys_apart(db)
     if len(rows) == 1:  # one row is atomic on its own: when the caller has no transaction open, no BEGIN or COMMIT
-        sql = _row_sql(table) if dialect == "postgresql" else _sqlite_sql(table)
+        sql = _row_sql(table, keyed) if dialect == "postgresql" else _sqlite_sql(table)
         return int(driver_execute(db, sql, [rows[0][name] for name in _columns(table)], alone=True).rowcount)
     if dialect == "postgresql":
         columns = {name: [row[name] for row in rows] for name in _columns(table)}
-        return int(driver_execute(db, _unnest_sql(table), columns).rowcount)
+        return int(driver_execute(db, _unnest_sql(table, keyed), columns).rowcount)
     values = operator.itemgetter(*_columns(table))
     return int(driver_execute(db, _sqlite_sql(table), [values(row) for row in rows], many=True).rowcount)
 
