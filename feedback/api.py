@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 
 from flywheel.core.errors import NotFound
+from flywheel.domain import partitions
 from flywheel.domain.auth import Principal
 from flywheel.domain.schemas import (
     NO_NUL_SCHEMA,
@@ -189,9 +190,7 @@ def post_review(prediction_id: str, *, principal: Principal, body: ReviewIn, que
 
     session = get_session()
     tenant = principal.tenant_for(session, query.tenant)
-    prediction = session.scalar(
-        select(Prediction).where(Prediction.tenant_id == tenant.id, Prediction.client_id == prediction_id)
-    )
+    prediction = session.scalar(select(Prediction).where(partitions.by_client_ids(session, tenant.id, [prediction_id])))
     if prediction is None:
         raise NotFound(f"prediction '{prediction_id}' does not exist")
     row = record_decision(

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Conflict
-from flywheel.domain import champions
+from flywheel.domain import champions, partitions
 from flywheel.domain.ingest import ingest_predictions
 from flywheel.domain.schemas import PredictionIn
 from flywheel.models.records import Prediction, Task, Tenant
@@ -87,9 +87,7 @@ class ModelServer:
             raise Conflict(f"ids repeated in one request: {', '.join(sorted(dupes)[:10])}")
         stored = {
             p.client_id: p
-            for p in session.scalars(
-                select(Prediction).where(Prediction.tenant_id == tenant.id, Prediction.client_id.in_(ids))
-            )
+            for p in session.scalars(select(Prediction).where(partitions.by_client_ids(session, tenant.id, ids)))
         }
         changed = [cid for cid, inp in zip(ids, inputs, strict=True) if cid in stored and stored[cid].text != inp.text]
         if changed:

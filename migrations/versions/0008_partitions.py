@@ -62,12 +62,12 @@ def upgrade() -> None:
             f"FOREIGN KEY ({column}) REFERENCES {table} (id) ON DELETE CASCADE"
         )
     op.create_index("ix_predictions_tenant_task_created", "predictions", ["tenant_id", "task_id", "created_at"])
-    op.create_index("ix_predictions_tenant_client", "predictions", ["tenant_id", "client_id"])
     op.create_table(
         "prediction_keys",
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("client_id", sa.String(length=128), nullable=False),
         sa.Column("prediction_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name="fk_prediction_keys_tenant_id_tenants", ondelete="CASCADE"
         ),
@@ -84,7 +84,7 @@ def upgrade() -> None:
         _partition(month)
     op.execute("CREATE TABLE predictions_default PARTITION OF predictions DEFAULT")
     op.execute("INSERT INTO predictions SELECT * FROM predictions_flat")
-    op.execute("INSERT INTO prediction_keys SELECT tenant_id, client_id, id FROM predictions_flat")
+    op.execute("INSERT INTO prediction_keys SELECT tenant_id, client_id, id, created_at FROM predictions_flat")
     op.execute("ALTER SEQUENCE predictions_id_seq OWNED BY predictions.id")
     op.execute("DROP TABLE predictions_flat")
 
@@ -95,7 +95,6 @@ def downgrade() -> None:
     op.execute("ALTER TABLE predictions RENAME TO predictions_parted")
     op.execute("ALTER TABLE predictions_parted DROP CONSTRAINT pk_predictions")
     op.execute("DROP INDEX ix_predictions_tenant_task_created")
-    op.execute("DROP INDEX ix_predictions_tenant_client")
     op.execute("CREATE TABLE predictions (LIKE predictions_parted INCLUDING DEFAULTS)")
     op.execute("INSERT INTO predictions SELECT * FROM predictions_parted")
     op.execute("ALTER SEQUENCE predictions_id_seq OWNED BY predictions.id")

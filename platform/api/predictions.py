@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.core import metrics
 from flywheel.core.errors import NotFound, PayloadTooLarge, Unprocessable
+from flywheel.domain import partitions
 from flywheel.domain.auth import Principal
 from flywheel.domain.ingest import IngestResult as IngestStored
 from flywheel.domain.ingest import ingest_feedback, ingest_predictions
@@ -126,9 +127,7 @@ def post_feedback(*, principal: Principal, query: TenantQuery) -> Response:
 def get_prediction(prediction_id: str, *, principal: Principal, query: TenantQuery) -> Response:
     session = get_session()
     tenant = principal.tenant_for(session, query.tenant)
-    row = session.scalar(
-        select(Prediction).where(Prediction.tenant_id == tenant.id, Prediction.client_id == prediction_id)
-    )
+    row = session.scalar(select(Prediction).where(partitions.by_client_ids(session, tenant.id, [prediction_id])))
     if row is None:
         raise NotFound(f"prediction '{prediction_id}' does not exist")
     return json_response(predictions_out(session, [row])[0])

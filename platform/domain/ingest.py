@@ -143,8 +143,8 @@ def _keyed_sql(rows_sql: str) -> str:
     names = [f'"{c}"' for c in _columns(Prediction.__table__)]
     return (
         f"WITH incoming AS ({rows_sql}), "
-        f"keys AS (INSERT INTO {partitions.KEYS_TABLE} (tenant_id, client_id, prediction_id) "
-        "SELECT tenant_id, client_id, nextval('predictions_id_seq') FROM incoming "
+        f"keys AS (INSERT INTO {partitions.KEYS_TABLE} (tenant_id, client_id, prediction_id, created_at) "
+        "SELECT tenant_id, client_id, nextval('predictions_id_seq'), created_at FROM incoming "
         "ON CONFLICT DO NOTHING RETURNING tenant_id, client_id, prediction_id) "
         f"INSERT INTO {partitions.TABLE} (id, {', '.join(names)}) "
         f"SELECT keys.prediction_id, {', '.join('incoming.' + n for n in names)} "
@@ -226,11 +226,13 @@ def _store(
     if accepted < len(rows):
         ids = list(hashes)
         for start in range(0, len(ids), 1000):
-            stored = db.execute(
-                select(table.c.client_id, table.c.content_hash).where(
-                    table.c.tenant_id == tenant_id, table.c.client_id.in_(ids[start : start + 1000])
-                )
+            chunk = ids[start : start + 1000]
+            where = (
+                partitions.by_client_ids(db, tenant_id, chunk)
+                if model is Prediction
+                else (table.c.tenant_id == tenant_id) & table.c.client_id.in_(chunk)
             )
+            stored = db.execute(select(table.c.client_id, table.c.content_hash).where(where))
             _raise_on_changed(sorted(cid for cid, h in stored if hashes[cid] != h), noun)
     return accepted
 
@@ -338,7 +340,7 @@ def ingest_feedback(
         for cid, pk, labels, name in session.execute(
             select(Prediction.client_id, Prediction.id, Task.labels, Task.name)
             .join(Task, Task.id == Prediction.task_id)
-            .where(Prediction.tenant_id == tenant_id, Prediction.client_id.in_(pred_ids))
+            .where(partitions.by_client_ids(session, tenant_id, sorted(pred_ids)))
         )
     }
     hashes = [content_hash(item) for item in items]

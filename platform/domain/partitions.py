@@ -24,8 +24,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.orm import Session
+
+from flywheel.models.records import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +48,16 @@ KEYS_TABLE = "prediction_keys"
 DEFAULT_PARTITION = "predictions_default"
 # Tables that point at a prediction by id without a foreign key (there can be none to a partitioned table's id).
 REFERRING = (("feedback", "prediction_id"), ("label_quality_results", "prediction_id"))
+# The key table, PostgreSQL only (not among the models, which describe the schema both databases share).
+KEYS = Table(
+    KEYS_TABLE,
+    MetaData(),
+    Column("tenant_id", Integer, primary_key=True),
+    Column("client_id", String(128), primary_key=True),
+    Column("prediction_id", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
 # What differs on PostgreSQL from the models (which describe the SQLite schema): the schema check skips these.
-PG_ONLY_INDEXES = frozenset({"ix_predictions_tenant_client"})
 PG_ABSENT_CONSTRAINTS = frozenset(
     {
         "uq_predictions_tenant_id_client_id",
@@ -100,6 +122,20 @@ def keys_apart(db: Connection | Session) -> bool:
             kind = row[0] if row else None
         info["flywheel_keys_apart"] = kind == "p"
     return bool(info["flywheel_keys_apart"])
+
+
+def by_client_ids(db: Connection | Session, tenant_id: int, client_ids: list[str]) -> ColumnElement[bool]:
+    """The condition selecting a tenant's predictions by the client's ids, index-backed on either layout.
+
+    Partitioned, the ids are found in ``prediction_keys`` (its primary key), which also holds each prediction's
+    ``created_at``: the lookup then reads one partition's primary key per id. Unpartitioned, the table's own
+    unique key serves."""
+    if keys_apart(db):
+        found = select(KEYS.c.prediction_id, KEYS.c.created_at).where(
+            KEYS.c.tenant_id == tenant_id, KEYS.c.client_id.in_(client_ids)
+        )
+        return tuple_(Prediction.id, Prediction.created_at).in_(found)
+    return (Prediction.tenant_id == tenant_id) & Prediction.client_id.in_(client_ids)
 
 
 def partitions(db: Connection | Session) -> list[Partition]:
@@ -220,6 +256,6 @@ def include_in_schema_check(dialect: str) -> Callable[..., bool]:
             return True
         if type_ == "table" and reflected and compare_to is None:
             return not (name == KEYS_TABLE or name.startswith(f"{TABLE}_"))
-        return name not in PG_ONLY_INDEXES | PG_ABSENT_CONSTRAINTS
+        return name not in PG_ABSENT_CONSTRAINTS
 
     return include
