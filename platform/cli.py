@@ -10,7 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import func, select
 
-from flywheel.core.cli_context import Context, pass_ctx
+from flywheel.core.cli_context import Context, pass_ctx, validated
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.feedback.cli import labels
@@ -60,11 +60,14 @@ def tenants() -> None:
 @click.option("--webhook-url", help="Where alerts are POSTed (signed with HMAC-SHA256).")
 @pass_ctx
 def tenants_create(ctx: Context, slug: str, name: str, webhook_url: str | None) -> None:
-    """Create a tenant."""
+    """Create a tenant. The arguments pass the same schema as ``POST /v1/tenants``."""
+    from flywheel.domain.schemas import TenantIn
     from flywheel.domain.tenants import create_tenant
 
+    options = {"slug": "SLUG", "name": "--name", "webhook_url": "--webhook-url"}
+    spec = validated(TenantIn, options, slug=slug, name=name, webhook_url=webhook_url)
     with ctx.session() as session:
-        create_tenant(session, slug=slug, name=name, webhook_url=webhook_url)
+        create_tenant(session, slug=spec.slug, name=spec.name, webhook_url=spec.webhook_url)
     click.echo(slug)
 
 

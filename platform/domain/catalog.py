@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Conflict, Unprocessable
@@ -27,6 +28,9 @@ def create_task(session: Session, spec: TaskIn) -> Task:
         label_descriptions=dict(spec.label_descriptions),
         base_model=spec.base_model,
     )
-    session.add(task)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent create of the same name passed the check above too
+            session.add(task)
+    except IntegrityError:
+        raise Conflict(f"task '{spec.name}' already exists") from None
     return task

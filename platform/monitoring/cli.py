@@ -74,11 +74,15 @@ def set_sla(app_ctx: Any, tenant: str, task: str, **terms: Any) -> None:
 @click.pass_obj
 def set_webhook(app_ctx: Any, tenant: str, url: str | None, secret: str | None, off: bool) -> None:
     """Set a tenant's alert webhook; prints the signing secret alone on the last line."""
+    from flywheel.core.cli_context import validated
     from flywheel.models.records import Tenant
     from flywheel.monitoring.alerts import new_secret
+    from flywheel.monitoring.api import WebhookIn
 
     if not off and not url:
         raise click.ClickException("give --url, or --off")
+    if not off:  # the same rules as PUT /v1/tenants/{tenant}/webhook
+        validated(WebhookIn, {"url": "--url", "secret": "--secret"}, url=url, secret=secret)
     with app_ctx.session() as session:
         row = session.scalar(select(Tenant).where(Tenant.slug == tenant))
         if row is None:

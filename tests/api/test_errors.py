@@ -5,17 +5,21 @@ backend: a NUL or an integer past 2**31 only fails on PostgreSQL."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from flywheel.core.errors import Conflict
-from flywheel.domain.schemas import URL_PATTERN
+from flywheel.domain.catalog import create_task
+from flywheel.domain.schemas import URL_PATTERN, TaskIn
 from flywheel.domain.tenants import create_tenant
-from flywheel.models.records import Tenant
+from flywheel.models.records import Task, Tenant
 
 from support import World, prediction
 from support.dashboard import sign_in
@@ -178,6 +182,55 @@ def test_a_write_that_loses_a_uniqueness_race_is_409(world: World) -> None:
             with pytest.raises(Conflict):
                 create_tenant(session, slug="racer", name="second")
         session.rollback()
+
+
+def test_a_task_create_that_loses_the_name_race_is_a_conflict_naming_the_task(world: World) -> None:
+    with world.db.session() as session:
+        with session.no_autoflush:
+            session.add(Task(name="racer", labels=["a", "b"], label_descriptions={}, description=""))  # not flushed
+            with pytest.raises(Conflict, match="task 'racer' already exists"):
+                create_task(session, TaskIn(name="racer", labels=["a", "b"]))
+        session.rollback()
+
+
+def test_a_task_created_concurrently_under_the_same_name_is_the_documented_409(app: Flask, world: World) -> None:
+    """Another transaction holds the name, uncommitted, while the request runs: on PostgreSQL the request's check
+    sees nothing and its insert waits on the unique index until that transaction commits (the race itself); on
+    SQLite the request waits for the write lock and then sees the name. Either way: 409, naming the task."""
+    holder = world.db.engine.connect()
+    transaction = holder.begin()
+    holder.execute(insert(Task).values(name="racer", labels=["a", "b"], label_descriptions={}, description=""))
+    responses: list[Any] = []
+    body = {"name": "racer", "labels": ["x", "y"]}
+    request = threading.Thread(
+        target=lambda: responses.append(app.test_client().post("/v1/tasks", json=body, headers=world.auth(world.admin)))
+    )
+    request.start()
+    if holder.dialect.name == "postgresql":
+        _wait_until_a_backend_waits_on_a_lock(world)
+    transaction.commit()
+    holder.close()
+    request.join(timeout=60)
+    body = problem(responses[0], 409)
+    assert body["detail"] == "task 'racer' already exists"
+    with world.db.session() as session:
+        assert session.scalars(select(Task.labels).where(Task.name == "racer")).one() == ["a", "b"]
+
+
+def _wait_until_a_backend_waits_on_a_lock(world: World) -> None:
+    with world.db.engine.connect() as conn:
+        for _ in range(600):
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
+                    "current_database()"
+                )
+            ).scalar()
+            if waiting:
+                return
+            conn.rollback()  # a fresh snapshot of pg_stat_activity
+            time.sleep(0.05)
+    raise AssertionError("the request never waited on the uncommitted name")
 
 
 def test_an_integrity_error_anywhere_is_a_409_problem(app: Flask, client: FlaskClient) -> None:

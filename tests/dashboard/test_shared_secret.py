@@ -3,22 +3,15 @@ and stored in the database, so every worker and host signs and checks cookies (a
 
 The end-to-end test starts ``gunicorn -w 2 wsgi:app`` without ``--preload`` (each worker builds its own app, as
 separate hosts would) and signs in 20 times through the login form with a real HTTP client; a second gunicorn on
-another port stands for a second host. (A browser is not needed to show it: the form's token and the session cookie
-are all a browser carries, and this machine has no /usr/bin/chromium for tests/dashboard/test_browser.py.)
+another port stands for a second host. tests/dashboard/test_browser_sign_ins.py does the same in Chromium.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,16 +20,12 @@ from sqlalchemy import create_engine, func, select, text
 
 from flywheel.app import create_app
 from flywheel.core.config import Settings
-from flywheel.core.db import Database
-from flywheel.domain.auth import create_key
 from flywheel.domain.secrets import SESSION_SECRET, stored_secret
 from flywheel.models.app_secrets import AppSecret
-from flywheel.models.records import Tenant
 
 from support import World
 from support.dashboard import CSRF_RE, csrf_from
-
-ROOT = Path(__file__).resolve().parents[2]
+from support.servers import Server, prepare_deployment, start_gunicorn, stop_servers, worker_by_attempt
 
 
 def _secrets(world: World) -> list[str]:
@@ -112,78 +101,17 @@ def test_the_secret_survives_a_restart(world: World, settings: Settings) -> None
 # --- gunicorn, two workers, no preload ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    access_log: Path
-
-
-def _gunicorn(env: dict[str, str], tmp: Path, name: str) -> Server:
-    port = _free_port()
-    log = tmp / f"{name}-access.log"
-    command = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "-w",
-        "2",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--access-logfile",
-        str(log),
-        "--access-logformat",
-        "%(p)s %(m)s %(U)s?%(q)s %(s)s",  # the worker's pid (as <pid>) with each request
-        "wsgi:app",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
-                    return Server(url, process, log)
-            except requests.RequestException:  # not listening yet, or the workers are still importing the app
-                time.sleep(0.2)
-        raise AssertionError(f"gunicorn did not start on {url}")
-    except BaseException:
-        process.terminate()
-        process.wait(timeout=30)
-        raise
-
-
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[list[Server], str, str]]:
     """``flywheel db upgrade`` on a fresh SQLite file, a tenant and its read key, and two ``gunicorn -w 2``."""
-    url = f"sqlite:///{tmp_path / 'flywheel.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    env.update(
-        FLYWHEEL_DATABASE_URL=url, FLYWHEEL_ARTIFACTS_DIR=str(tmp_path / "artifacts"), FLYWHEEL_LOG_LEVEL="ERROR"
-    )
-    flywheel = str(Path(sys.executable).parent / "flywheel")
-    subprocess.run([flywheel, "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
-    db = Database(url)
-    with db.session() as session:
-        acme = Tenant(slug="acme", name="Acme Corp")
-        session.add(acme)
-        session.flush()
-        key = create_key(session, tenant=acme, scopes=["read"])[1]
-    db.dispose()
+    setup = prepare_deployment(tmp_path)
     servers: list[Server] = []
     try:
-        servers.append(_gunicorn(env, tmp_path, "first"))
-        servers.append(_gunicorn(env, tmp_path, "second"))
-        yield servers, key, url
+        servers.append(start_gunicorn(setup, tmp_path, "first"))
+        servers.append(start_gunicorn(setup, tmp_path, "second"))
+        yield servers, setup.read_key, setup.database_url
     finally:
-        for server in servers:
-            server.process.terminate()
-        for server in servers:
-            server.process.wait(timeout=30)
+        stop_servers(servers)
 
 
 def _sign_in(get_from: str, post_to: str, key: str, attempt: int) -> bool:
@@ -209,16 +137,6 @@ def _sign_in(get_from: str, post_to: str, key: str, attempt: int) -> bool:
         return home.status_code == 200
 
 
-def _pids(log: Path, method: str) -> dict[str, str]:
-    """Which worker (pid) served each attempt's ``method`` request to the login page."""
-    out = {}
-    for line in log.read_text().splitlines():
-        match = re.match(rf"<(\d+)> {method} /dashboard/login\?attempt=(\d+)", line)
-        if match:
-            out[match.group(2)] = match.group(1)
-    return out
-
-
 @pytest.mark.slow
 def test_twenty_sign_ins_through_two_gunicorn_workers_without_preload(deployment) -> None:
     (first, second), key, url = deployment
@@ -228,7 +146,7 @@ def test_twenty_sign_ins_through_two_gunicorn_workers_without_preload(deployment
     # Both workers served the login form, and some sign-ins were checked by another worker than the one that issued
     # their token: the case a per-process secret fails.
     time.sleep(0.5)  # the access log is written after the response
-    got, posted = _pids(first.access_log, "GET"), _pids(first.access_log, "POST")
+    got, posted = worker_by_attempt(first.access_log, "GET"), worker_by_attempt(first.access_log, "POST")
     assert len(set(got.values()) | set(posted.values())) == 2, "one worker served every request"
     crossed = [a for a in got if a in posted and got[a] != posted[a]]
     assert crossed, "no sign-in crossed workers: the test proved nothing"
