@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from flywheel.core.errors import Conflict
+from flywheel.core.errors import Conflict, ServiceUnavailable
 from flywheel.domain import champions, partitions
 from flywheel.domain.ingest import ingest_predictions
 from flywheel.domain.schemas import PredictionIn
@@ -105,7 +105,14 @@ class ModelServer:
                 out[k] = Served(cid, p.label, p.confidence, dict(p.probabilities or {}), p.model_version or "")
         if fresh:
             model = self.champion(session, task, tenant)
-            clf = self.cache.get(model)
+            try:
+                clf = self.cache.get(model)
+            except FileNotFoundError as exc:  # the artifact store lost the champion's files (or cannot be reached)
+                log.error("cannot load the champion %s: %s", model.version, exc)
+                raise ServiceUnavailable(
+                    f"the serving model {model.version} cannot be loaded from the artifact store; retry shortly",
+                    retry_after=30,
+                ) from exc
             texts = [inputs[k].text for k in fresh]
             proba = np.clip(np.asarray(clf.predict_proba(texts, batch_size=self.batch_size), dtype=np.float64), 0, 1)
             cols = list(clf.labels)

@@ -212,6 +212,13 @@ def test_a_model_trained_to_s3_serves_from_a_web_node_s_own_download(
     assert not artifacts.exists(location)
     with pytest.raises(FileNotFoundError, match="missing"):
         registry.load_model(model)
+    fresh = create_app(settings.with_(artifacts_dir=root), db=world.db).test_client()
+    r = fresh.post(
+        "/v1/predict",
+        json={"task": TASK, "inputs": [{"id": "s3-2", "text": "refund my money"}]},
+        headers=world.auth(world.acme_rw),
+    )  # the champion cannot be loaded: a 503 that says so, not a 500
+    assert r.status_code == 503 and r.headers["Retry-After"] and "cannot be loaded" in r.get_json()["detail"]
     with world.db.session() as session:
         session.get(ModelVersion, model.id).status = "candidate"  # type: ignore[union-attr]
     r = client.post(f"/v1/models/{model.id}/promote", headers=world.auth(world.admin))
