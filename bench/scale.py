@@ -46,6 +46,7 @@ from flywheel.app import create_app
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.core.migrate import alembic_config, upgrade
+from flywheel.domain import partitions
 from flywheel.domain.auth import create_key
 from flywheel.domain.ingest import ingest_predictions
 from flywheel.domain.schemas import PredictionIn
@@ -91,6 +92,10 @@ def seed(db: Database, *, rows: int, tenants: int, months: int, end: datetime) -
         session.flush()
         key = create_key(session, tenant=None, scopes=["admin"])[1]
     start = end - timedelta(days=30.4 * months)
+    with db.session() as session:  # the months the housekeeping job would have created over the year
+        if partitions.is_partitioned(session):
+            for i in range(months + 1):
+                partitions.create_month(session, partitions.add_months(partitions.month_start(start), i))
     with db.engine.begin() as conn:
         conn.execute(text("CREATE TEMP TABLE bench_texts (i int PRIMARY KEY, text text, label text, other text)"))
         conn.execute(
@@ -106,7 +111,7 @@ def seed(db: Database, *, rows: int, tenants: int, months: int, end: datetime) -
             conn.execute(text(_PREDICTIONS), {**params, "lo": lo + 1, "hi": min(lo + CHUNK, rows)})
             print(f"    {min(lo + CHUNK, rows):>11,} predictions ({time.perf_counter() - t0:.0f} s)", flush=True)
         if conn.execute(text("SELECT to_regclass('prediction_keys')")).scalar() is not None:
-            conn.execute(text("INSERT INTO prediction_keys SELECT tenant_id, client_id, id FROM predictions"))
+            conn.execute(text("INSERT INTO prediction_keys SELECT tenant_id, client_id, id, created_at FROM predictions"))
         conn.execute(text(_FEEDBACK))
         conn.execute(text(_SLAS))
         conn.execute(text(_LABEL_QUALITY))
