@@ -111,7 +111,9 @@ def seed(db: Database, *, rows: int, tenants: int, months: int, end: datetime) -
             conn.execute(text(_PREDICTIONS), {**params, "lo": lo + 1, "hi": min(lo + CHUNK, rows)})
             print(f"    {min(lo + CHUNK, rows):>11,} predictions ({time.perf_counter() - t0:.0f} s)", flush=True)
         if conn.execute(text("SELECT to_regclass('prediction_keys')")).scalar() is not None:
-            conn.execute(text("INSERT INTO prediction_keys SELECT tenant_id, client_id, id, created_at FROM predictions"))
+            conn.execute(
+                text("INSERT INTO prediction_keys SELECT tenant_id, client_id, id, created_at FROM predictions")
+            )
         conn.execute(text(_FEEDBACK))
         conn.execute(text(_SLAS))
         conn.execute(text(_LABEL_QUALITY))
