@@ -23,6 +23,7 @@ from flywheel.domain.secrets import stored_secret
 from flywheel.feedback import api as feedback_api
 from flywheel.monitoring import api as monitoring_api
 from flywheel.retrain import api as retrain_api
+from flywheel.retrain.serving import InferenceSlots
 from flywheel.web.context import EXTENSION, close_session, get_db, get_session, get_settings
 
 __all__ = ["create_app", "create_server_app", "get_db", "get_session", "get_settings"]
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         "settings": settings,
         "tasks": TaskCatalog(),
         "keys": KeyCache(settings.key_cache_seconds),
+        # Made here, before gunicorn forks its workers (the app is preloaded): one bound for all of them.
+        "inference": InferenceSlots.for_machine(settings.serve_inference_slots),
     }
     app.session_interface = StoredSecretSessions()
     errors.init_app(app)

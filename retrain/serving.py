@@ -8,8 +8,12 @@ worker on its next request, with no restart and no message bus. Web workers neve
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,12 +50,54 @@ class Served:
     model_version: str
 
 
-class ModelServer:
-    """One per process: a cache of loaded champions, reloaded when a scope's champion changes."""
+class InferenceSlots:
+    """At most ``slots`` inferences at once across a server's worker processes (the semaphore is made before
+    gunicorn forks them), each on ``threads`` torch threads. On a small machine inference then never takes every
+    core, and the cheap requests that share the server (logging, reads) keep one of their own instead of queueing
+    behind model calls. A request that waits longer than ``wait_s`` for a slot answers 503 with ``Retry-After``."""
 
-    def __init__(self, *, optimize: bool = False, batch_size: int = 32, default_base: str | None = None) -> None:
+    def __init__(self, slots: int, threads: int, *, wait_s: float = 30.0) -> None:
+        self.slots, self.threads, self.wait_s = slots, threads, wait_s
+        self._semaphore = multiprocessing.get_context("fork").BoundedSemaphore(slots)
+        self._threads_set_in: int | None = None
+
+    @classmethod
+    def for_machine(cls, slots: int = 0) -> InferenceSlots:
+        """``slots`` (0: one fewer than the CPU cores, at least one) sharing the cores that leaves."""
+        cores = os.cpu_count() or 1
+        slots = slots or max(1, cores - 1)
+        return cls(slots, max(1, (cores - 1) // slots))
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self._threads_set_in != os.getpid():
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._threads_set_in = os.getpid()
+        if not self._semaphore.acquire(timeout=self.wait_s):
+            raise ServiceUnavailable("every inference slot is busy; retry shortly", retry_after=2)
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+class ModelServer:
+    """One per process: a cache of loaded champions, reloaded when a scope's champion changes. ``slots`` bounds
+    the inferences that run at once (none: unbounded)."""
+
+    def __init__(
+        self,
+        *,
+        optimize: bool = False,
+        batch_size: int = 32,
+        default_base: str | None = None,
+        slots: InferenceSlots | None = None,
+    ) -> None:
         self.cache = registry.ModelCache(optimize=optimize, default_base=default_base)
         self.batch_size = batch_size
+        self.slots = slots
         self._serving: dict[tuple[int, int], int] = {}  # (task, tenant key) -> model id last served
         self._lock = threading.Lock()
 
@@ -114,7 +160,9 @@ class ModelServer:
                     retry_after=30,
                 ) from exc
             texts = [inputs[k].text for k in fresh]
-            proba = np.clip(np.asarray(clf.predict_proba(texts, batch_size=self.batch_size), dtype=np.float64), 0, 1)
+            with self.slots.hold() if self.slots is not None else nullcontext():
+                raw = clf.predict_proba(texts, batch_size=self.batch_size)
+            proba = np.clip(np.asarray(raw, dtype=np.float64), 0, 1)
             cols = list(clf.labels)
             items = []
             for row, k in zip(proba, fresh, strict=True):

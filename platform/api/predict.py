@@ -14,7 +14,7 @@ from flywheel.domain.auth import Principal
 from flywheel.domain.schemas import ClientId, Name, SafeStr, Strict, Timestamp
 from flywheel.models.records import Task
 from flywheel.retrain.serving import ModelServer, ServeInput
-from flywheel.web.context import get_session, get_settings
+from flywheel.web.context import EXTENSION, get_session, get_settings
 from flywheel.web.spec import json_response, operation
 
 bp = Blueprint("predict", __name__, url_prefix="/v1")
@@ -60,7 +60,11 @@ def model_server() -> ModelServer:
     server = current_app.extensions.get(SERVER_KEY)
     if server is None:
         settings = get_settings()
-        server = ModelServer(optimize=settings.serve_optimized, default_base=settings.base_model or None)
+        server = ModelServer(
+            optimize=settings.serve_optimized,
+            default_base=settings.base_model or None,
+            slots=current_app.extensions[EXTENSION]["inference"],
+        )
         current_app.extensions[SERVER_KEY] = server
     assert isinstance(server, ModelServer)
     return server

@@ -56,6 +56,9 @@ class Settings:
     scheduler_lock_ttl_seconds: int = 60
     fine_tune_epochs: int = 8
     serve_optimized: bool = True  # INT8/bf16 serving, only where verified to agree with fp32 on the holdout
+    # Inferences at once across a server's workers (0: one fewer than the CPU cores, at least one), so that model
+    # calls never take every core from the cheap requests beside them.
+    serve_inference_slots: int = 0
     # Scale-out. With a broker URL (Redis: redis://host:6379/0), `flywheel scheduler` only dispatches and
     # `flywheel worker` processes run the jobs; without one, the scheduler runs them in-process.
     broker_url: str = ""
