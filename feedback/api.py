@@ -15,6 +15,7 @@ from flywheel.domain import partitions
 from flywheel.domain.auth import Principal
 from flywheel.domain.schemas import (
     NO_NUL_SCHEMA,
+    REVIEW_CURSOR_PATTERN,
     TENANT_PARAMETER,
     FeedbackOut,
     LabelName,
@@ -36,6 +37,11 @@ class ReviewQuery(Strict):
     task: Name
     kind: Literal["label_issue", "uncertain"] = "label_issue"
     limit: QueryInt = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(
+        default=None,
+        pattern=REVIEW_CURSOR_PATTERN,
+        description="the previous page's `next_cursor` (treat it as opaque): pages reach every item once",
+    )
     tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 
@@ -58,6 +64,7 @@ class ReviewQueueOut(BaseModel):
     task: str
     kind: str
     items: list[ReviewItemOut]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last page (and before any pass)")
 
 
 class ReviewIn(Strict):
@@ -147,12 +154,14 @@ def _task(session: Any, name: str) -> Task:
 )
 def get_review(*, principal: Principal, query: ReviewQuery) -> Response:
     """``label_issue``: lowest label quality first; ``uncertain``: most informative first (ActiveLab)."""
-    from flywheel.feedback.review import review_queue
+    from flywheel.feedback.review import review_page
 
     session = get_session()
     tenant = principal.tenant_for(session, query.tenant)
     task = _task(session, query.task)
-    entries = review_queue(session, tenant_id=tenant.id, task_id=task.id, kind=query.kind, limit=query.limit)
+    page = review_page(
+        session, tenant_id=tenant.id, task_id=task.id, kind=query.kind, limit=query.limit, cursor=query.cursor
+    )
     items = [
         ReviewItemOut(
             prediction_id=e.client_id,
@@ -164,9 +173,9 @@ def get_review(*, principal: Principal, query: ReviewQuery) -> Response:
             quality=e.quality,
             reason=e.reason,
         )
-        for e in entries
+        for e in page.entries
     ]
-    return json_response(ReviewQueueOut(task=task.name, kind=query.kind, items=items))
+    return json_response(ReviewQueueOut(task=task.name, kind=query.kind, items=items, next_cursor=page.next_cursor))
 
 
 class TenantOnlyQuery(Strict):

@@ -10,16 +10,21 @@ effective label is then re-derived (a reviewer decision beats every other source
 
 from __future__ import annotations
 
+import math
+import re
+import struct
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Unprocessable
+from flywheel.domain.schemas import REVIEW_CURSOR_PATTERN
 from flywheel.domain.training_labels import reviewed
 from flywheel.models.label_quality import LabelQualityResult
 from flywheel.models.records import Feedback, Prediction, Task
@@ -27,6 +32,7 @@ from flywheel.models.records import Feedback, Prediction, Task
 KINDS = ("label_issue", "uncertain")
 DECISIONS = ("keep", "relabel", "discard")
 FALLBACK_SCAN = 2000  # unlabeled predictions ranked by margin when no pass has run yet
+MAX_ROW_ID = 2**31 - 1  # row ids are 32-bit integers
 
 
 @dataclass
@@ -62,16 +68,71 @@ def _feedback_of(session: Session, ids: list[int]) -> dict[int, list[dict[str, A
     return out
 
 
+@dataclass(frozen=True)
+class QueuePosition:
+    """Where a page of the queue ended: the last item's sort key (flagged first, then ``score`` ascending: label
+    quality or ActiveLab score) and its prediction id. Its cursor carries the score's exact bits, so no rounding can
+    skip or repeat an item across pages."""
+
+    flagged: bool
+    score: float
+    prediction_id: int
+
+    def cursor(self) -> str:
+        return f"{int(self.flagged)}_{struct.pack('>d', self.score).hex()}_{self.prediction_id}"
+
+    @classmethod
+    def parse(cls, cursor: str) -> QueuePosition:
+        if not re.fullmatch(REVIEW_CURSOR_PATTERN, cursor):
+            raise Unprocessable("invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": "not a review cursor"}])
+        flagged, bits, pid = cursor.split("_")
+        score = struct.unpack(">d", bytes.fromhex(bits))[0]
+        # Beyond every score or row id: the same position as the largest one a database holds (nothing after).
+        score = math.inf if math.isnan(score) else score
+        return cls(flagged == "1", score, min(int(pid), MAX_ROW_ID))
+
+
+@dataclass(frozen=True)
+class ReviewPage:
+    entries: list[ReviewEntry]
+    next_cursor: str | None  # None: nothing after this page (or, before any pass, no paging: the top items only)
+
+
 def review_queue(session: Session, *, tenant_id: int, task_id: int, kind: str, limit: int) -> list[ReviewEntry]:
     """The ``limit`` items most worth a person's time, best first (see the module docstring)."""
+    return review_page(session, tenant_id=tenant_id, task_id=task_id, kind=kind, limit=limit).entries
+
+
+def review_page(
+    session: Session, *, tenant_id: int, task_id: int, kind: str, limit: int, cursor: str | None = None
+) -> ReviewPage:
+    """One page of the queue, after the page whose ``next_cursor`` is ``cursor``: pages reach every item once."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    after = QueuePosition.parse(cursor) if cursor else None
     if kind == "label_issue":
-        return _label_issues(session, tenant_id, task_id, limit)
-    return _uncertain(session, tenant_id, task_id, limit)
+        return _label_issues(session, tenant_id, task_id, limit, after)
+    return _uncertain(session, tenant_id, task_id, limit, after)
 
 
-def _label_issues(session: Session, tenant_id: int, task_id: int, limit: int) -> list[ReviewEntry]:
+def _after(flagged: Any, score: Any, pid: Any, after: QueuePosition | None) -> list[Any]:
+    """The keyset condition: rows sorting after ``after`` (flagged ones first, then by score, then by id)."""
+    if after is None:
+        return []
+    same_group = (flagged == after.flagged) & (
+        (score > after.score) | ((score == after.score) & (pid > after.prediction_id))
+    )
+    return [or_(same_group, flagged.is_(False)) if after.flagged else same_group]
+
+
+def _next(rows: Sequence[Any], limit: int, key: Callable[[Any], QueuePosition]) -> str | None:
+    return key(rows[limit - 1]).cursor() if len(rows) > limit else None
+
+
+def _label_issues(
+    session: Session, tenant_id: int, task_id: int, limit: int, after: QueuePosition | None
+) -> ReviewPage:
+    quality = func.coalesce(LabelQualityResult.quality, 1.0)  # unscored last, on every database
     rows = session.execute(
         select(Prediction, LabelQualityResult)
         .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
@@ -82,12 +143,17 @@ def _label_issues(session: Session, tenant_id: int, task_id: int, limit: int) ->
             LabelQualityResult.given_label == Prediction.effective_label,
             Prediction.label_discarded.is_(False),
             ~reviewed(),
+            *_after(LabelQualityResult.is_issue, quality, Prediction.id, after),
         )
-        .order_by(LabelQualityResult.is_issue.desc(), LabelQualityResult.quality.asc(), Prediction.id)
-        .limit(limit)
+        .order_by(LabelQualityResult.is_issue.desc(), quality.asc(), Prediction.id)
+        .limit(limit + 1)
     ).all()
-    if not rows and not _has_results(session, tenant_id, task_id):
-        return _disagreements(session, tenant_id, task_id, limit)
+    if not rows and after is None and not _has_results(session, tenant_id, task_id):
+        return ReviewPage(_disagreements(session, tenant_id, task_id, limit), None)
+    next_cursor = _next(
+        rows, limit, lambda row: QueuePosition(bool(row[1].is_issue), _or_one(row[1].quality), row[0].id)
+    )
+    rows = rows[:limit]
     fb = _feedback_of(session, [p.id for p, _ in rows])
     out = []
     for p, r in rows:
@@ -102,7 +168,11 @@ def _label_issues(session: Session, tenant_id: int, task_id: int, limit: int) ->
                 p.id, p.client_id, p.text, p.label, fb[p.id], p.effective_label, r.suggested_label, r.quality, reason
             )
         )
-    return out
+    return ReviewPage(out, next_cursor)
+
+
+def _or_one(score: float | None) -> float:
+    return 1.0 if score is None else float(score)
 
 
 def _has_results(session: Session, tenant_id: int, task_id: int) -> bool:
@@ -150,7 +220,7 @@ def _disagreements(session: Session, tenant_id: int, task_id: int, limit: int) -
     ]
 
 
-def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int) -> list[ReviewEntry]:
+def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int, after: QueuePosition | None) -> ReviewPage:
     unlabeled = (
         Prediction.tenant_id == tenant_id,
         Prediction.task_id == task_id,
@@ -158,15 +228,21 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int) -> li
         Prediction.effective_label.is_(None),
         Prediction.label_discarded.is_(False),
     )
+    score = func.coalesce(LabelQualityResult.active_score, 1.0)
     rows = session.execute(
         select(Prediction, LabelQualityResult.active_score)
         .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
-        .where(*unlabeled, LabelQualityResult.kind == "unlabeled")
-        .order_by(LabelQualityResult.active_score.asc(), Prediction.id)
-        .limit(limit)
+        .where(
+            *unlabeled,
+            LabelQualityResult.kind == "unlabeled",
+            *_after(LabelQualityResult.is_issue, score, Prediction.id, after),
+        )
+        .order_by(score.asc(), Prediction.id)
+        .limit(limit + 1)
     ).all()
-    if rows:
-        return [
+    if rows or after is not None:
+        next_cursor = _next(rows, limit, lambda row: QueuePosition(False, _or_one(row[1]), row[0].id))
+        entries = [
             ReviewEntry(
                 p.id,
                 p.client_id,
@@ -176,10 +252,11 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int) -> li
                 None,
                 p.label,
                 None,
-                f"ActiveLab: labeling it would teach the model most (score {score:.3f})",
+                f"ActiveLab: labeling it would teach the model most (score {active:.3f})",
             )
-            for p, score in rows
+            for p, active in rows[:limit]
         ]
+        return ReviewPage(entries, next_cursor)
     # No pass yet: margin between the two most probable labels the model logged (the smallest first).
     preds = list(
         session.scalars(
@@ -191,7 +268,7 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int) -> li
     )
     margins = np.array([_margin(p) for p in preds])
     order = np.argsort(margins, kind="stable")[:limit]
-    return [
+    entries = [
         ReviewEntry(
             preds[i].id,
             preds[i].client_id,
@@ -205,6 +282,7 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int) -> li
         )
         for i in order
     ]
+    return ReviewPage(entries, None)
 
 
 def _margin(p: Prediction) -> float:

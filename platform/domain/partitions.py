@@ -138,6 +138,23 @@ def by_client_ids(db: Connection | Session, tenant_id: int, client_ids: list[str
     return (Prediction.tenant_id == tenant_id) & Prediction.client_id.in_(client_ids)
 
 
+def register_keys(db: Connection | Session) -> int:
+    """Give every prediction written around ingest (a bulk import with ``COPY``, seeded test data) its idempotency
+    key; returns how many were missing. A no-op where the key is the table's own unique constraint (SQLite)."""
+    if not keys_apart(db):
+        return 0
+    return int(
+        _conn(db)
+        .execute(
+            text(
+                f"INSERT INTO {KEYS_TABLE} (tenant_id, client_id, prediction_id, created_at) "
+                f"SELECT tenant_id, client_id, id, created_at FROM {TABLE} ON CONFLICT DO NOTHING"
+            )
+        )
+        .rowcount
+    )
+
+
 def partitions(db: Connection | Session) -> list[Partition]:
     """The monthly partitions, oldest first (the default partition is not listed)."""
     rows = _conn(db).execute(

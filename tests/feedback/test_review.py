@@ -359,6 +359,42 @@ def test_review_queue_and_decisions_over_http(world: World, plan: Plan, settings
     )
 
 
+def _walk(client, url: str, headers: dict[str, str]) -> list[list[dict]]:
+    pages, cursor = [], None
+    while True:
+        r = client.get(url + (f"&cursor={cursor}" if cursor else ""), headers=headers)
+        assert r.status_code == 200, r.json
+        pages.append(r.json["items"])
+        cursor = r.json["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+def test_the_queue_pages_reach_every_item_once_in_order(world: World, plan: Plan, settings: Settings, client) -> None:
+    run_label_quality(world.db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
+    rw = world.auth(world.acme_rw)
+    for kind in ("label_issue", "uncertain"):
+        whole = client.get(f"/v1/review?task=intent&kind={kind}&limit=500", headers=rw).json
+        assert whole["next_cursor"] is None and len(whole["items"]) > 14
+        pages = _walk(client, f"/v1/review?task=intent&kind={kind}&limit=7", rw)
+        assert all(len(page) == 7 for page in pages[:-1]) and len(pages) > 2
+        walked = [i["prediction_id"] for page in pages for i in page]
+        assert walked == [i["prediction_id"] for i in whole["items"]]  # each once, in the queue's order
+    with world.db.session() as session:  # ties: many flags with one quality still page by id, none skipped
+        session.query(LabelQualityResult).filter(LabelQualityResult.is_issue.is_(True)).update({"quality": 0.25})
+    whole = client.get("/v1/review?task=intent&kind=label_issue&limit=500", headers=rw).json["items"]
+    flags = [i["prediction_id"] for i in whole if i["reason"].startswith("likely label error")]
+    assert len(flags) > 3
+    walked = [
+        i["prediction_id"]
+        for page in _walk(client, "/v1/review?task=intent&kind=label_issue&limit=2", rw)
+        for i in page
+    ]
+    assert walked[: len(flags)] == flags and len(walked) == len(set(walked)) == len(whole)
+    bad = client.get("/v1/review?task=intent&cursor=1_zz_3", headers=rw)
+    assert bad.status_code == 422 and bad.content_type == "application/problem+json"
+
+
 def test_review_and_label_quality_are_tenant_scoped(world: World, plan: Plan, settings: Settings, client) -> None:
     run_label_quality(world.db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
     globex = world.auth(world.globex_rw)

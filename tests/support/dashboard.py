@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from flywheel.core.db import Database, utcnow
+from flywheel.domain import partitions
 from flywheel.domain.holdout import holdout_bucket
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion
@@ -101,6 +102,8 @@ def add_predictions(
                     )
                 )
             ids.append(row.id)
+        session.flush()
+        partitions.register_keys(session)  # written around ingest: their idempotency keys too (PostgreSQL)
     return ids
 
 

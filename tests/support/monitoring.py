@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from flywheel.core.db import Database
+from flywheel.domain import partitions
 from flywheel.models.records import Prediction, Task, Tenant
 
 NOW = datetime.fromisoformat("2026-11-27T12:00:00+00:00")
@@ -61,6 +62,7 @@ def add_predictions(
                 }
             )
         session.execute(insert(Prediction), values)
+        partitions.register_keys(session)  # written around ingest: their idempotency keys too (PostgreSQL)
 
 
 def labeled(
