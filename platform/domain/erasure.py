@@ -84,12 +84,10 @@ def taint_models(session: Session, rows_by_model: dict[int, int], now: datetime)
 def _erase_chunk(session: Session, pks: list[int], now: datetime) -> ErasureCounts:
     counts = ErasureCounts(predictions=len(pks))
     by_source = session.execute(
-        select(Feedback.source == "reviewer", func.count())
-        .where(Feedback.prediction_id.in_(pks))
-        .group_by(Feedback.source == "reviewer")
+        select(Feedback.source, func.count()).where(Feedback.prediction_id.in_(pks)).group_by(Feedback.source)
     ).all()
-    for is_review, n in by_source:
-        if is_review:
+    for source, n in by_source:
+        if source == "reviewer":
             counts.review_decisions += int(n)
         else:
             counts.feedback += int(n)
