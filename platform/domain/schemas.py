@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StringConstraints,
     WithJsonSchema,
@@ -175,7 +176,7 @@ class TenantOut(BaseModel):
 class TenantPatch(Strict):
     """Data-rights settings; a field left out is unchanged."""
 
-    share_labels: bool | None = Field(
+    share_labels: StrictBool | None = Field(
         default=None,
         description="false: the tenant's labels train only its own variant, never a shared model; turning it off "
         "taints the shared models that used them (absent or null: unchanged)",
