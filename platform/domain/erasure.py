@@ -291,9 +291,15 @@ def delete_tenant_batch(session: Session, tenant_id: int, *, batch_size: int = B
         if location:
             artifacts.delete(location)
     session.add(
-        Erasure(tenant_id=tenant.id, tenant_slug=tenant.slug, reason="tenant_deleted", requested_by="tenant-deletion",
-                counts={"tenant": 1}, id_hashes=[])
-    )  # fmt: skip
+        Erasure(
+            tenant_id=tenant.id,
+            tenant_slug=tenant.slug,
+            reason="tenant_deleted",
+            requested_by="tenant-deletion",
+            counts={"tenant": 1},
+            id_hashes=[],
+        )
+    )
     session.delete(tenant)
     session.flush()
     return True

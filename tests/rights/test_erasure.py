@@ -47,12 +47,29 @@ def derive(db: Database, client: FlaskClient, world: World, key: str, pid: str) 
         )
         assert row is not None
         run = LabelQualityRun(tenant_id=row.tenant_id, task_id=row.task_id, status="succeeded")
-        model = ModelVersion(task_id=row.task_id, tenant_id=None, version=f"shared-{pid}", rung="few_shot",
-                             status="champion", metrics={}, lineage={"tenants": {}}, created_at=utcnow())  # fmt: skip
+        model = ModelVersion(
+            task_id=row.task_id,
+            tenant_id=None,
+            version=f"shared-{pid}",
+            rung="few_shot",
+            status="champion",
+            metrics={},
+            lineage={"tenants": {}},
+            created_at=utcnow(),
+        )
         session.add_all([run, model])
         session.flush()
-        session.add(LabelQualityResult(run_id=run.id, tenant_id=row.tenant_id, task_id=row.task_id, prediction_id=row.id,
-                                       kind="labeled", given_label="card_linking", quality=0.2))  # fmt: skip
+        session.add(
+            LabelQualityResult(
+                run_id=run.id,
+                tenant_id=row.tenant_id,
+                task_id=row.task_id,
+                prediction_id=row.id,
+                kind="labeled",
+                given_label="card_linking",
+                quality=0.2,
+            )
+        )
         session.add(EmbeddingCache(encoder_id="test-encoder", text_hash=text_hash(row.text), dim=1, vector=b"\0\0\0\0"))
         session.add(ModelTrainingRow(model_id=model.id, prediction_id=row.id))
         return model.id

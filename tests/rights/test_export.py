@@ -25,10 +25,16 @@ def seed(client: FlaskClient, world: World, key: str, prefix: str, n: int) -> No
     ]
     assert client.post("/v1/predictions", json={"predictions": items}, headers=world.auth(key)).status_code == 201
     feedback = [
-        {"id": f"fb-{prefix}-{i}-{j}", "prediction_id": f"{prefix}-{i}", "label": LABELS[(i + j) % 4],
-         "source": "agent" if j else "end_user", "source_id": f"s-{j}"}
-        for i in range(0, n, 2) for j in range(1 + i % 3)
-    ]  # fmt: skip
+        {
+            "id": f"fb-{prefix}-{i}-{j}",
+            "prediction_id": f"{prefix}-{i}",
+            "label": LABELS[(i + j) % 4],
+            "source": "agent" if j else "end_user",
+            "source_id": f"s-{j}",
+        }
+        for i in range(0, n, 2)
+        for j in range(1 + i % 3)
+    ]
     assert client.post("/v1/feedback", json={"feedback": feedback}, headers=world.auth(key)).status_code == 201
 
 
@@ -62,15 +68,25 @@ def test_the_jsonl_export_streams_and_round_trips_into_a_new_tenant(client: Flas
     client.post("/v1/tenants", json={"slug": "initech", "name": "Initech"}, headers=world.auth(world.admin))
     key = world.key("initech", ["ingest", "read"])
     predictions = [
-        {k: r[k] for k in ("id", "text", "label", "confidence", "probabilities", "model_version", "created_at",
-                           "metadata")} | {"task": "intent"}
+        {
+            k: r[k]
+            for k in ("id", "text", "label", "confidence", "probabilities", "model_version", "created_at", "metadata")
+        }
+        | {"task": "intent"}
         for r in lines
-    ]  # fmt: skip
+    ]
     feedback = [
-        {"id": f["id"], "prediction_id": r["id"], "label": f["label"], "source": f["source"],
-         "source_id": f["source_id"], "created_at": f["created_at"]}
-        for r in lines for f in r["feedback"]
-    ]  # fmt: skip
+        {
+            "id": f["id"],
+            "prediction_id": r["id"],
+            "label": f["label"],
+            "source": f["source"],
+            "source_id": f["source_id"],
+            "created_at": f["created_at"],
+        }
+        for r in lines
+        for f in r["feedback"]
+    ]
     assert client.post("/v1/predictions", json={"predictions": predictions}, headers=world.auth(key)).status_code == 201
     assert client.post("/v1/feedback", json={"feedback": feedback}, headers=world.auth(key)).status_code == 201
 
@@ -88,8 +104,12 @@ def test_the_parquet_export_has_the_same_rows_in_row_groups(client: FlaskClient,
     table = pq.read_table(io.BytesIO(answer.get_data()))
     assert table.num_rows == 11
     for r, p in zip(rows, table.to_pylist(), strict=True):
-        assert (p["id"], p["text"], p["label"], p["effective_label"]) == (r["id"], r["text"], r["label"],
-                                                                        r["effective_label"])  # fmt: skip
+        assert (p["id"], p["text"], p["label"], p["effective_label"]) == (
+            r["id"],
+            r["text"],
+            r["label"],
+            r["effective_label"],
+        )
         assert json.loads(p["metadata"]) == r["metadata"] and [f["id"] for f in p["feedback"]] == [
             f["id"] for f in r["feedback"]
         ]

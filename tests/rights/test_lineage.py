@@ -147,18 +147,41 @@ def test_a_champion_tainted_too_long_alerts_each_tenant_it_serves_once(
         session.add_all([task, acme, globex, initech])
         session.flush()
         old = now - timedelta(days=31)
-        shared = ModelVersion(task_id=task.id, version="shared-1", rung="few_shot", status="champion",
-                              tainted_rows=2, tainted_at=old)  # fmt: skip
-        variant = ModelVersion(task_id=task.id, tenant_id=globex.id, version="globex-1", rung="fine_tuned",
-                               status="champion", tainted_rows=1, tainted_at=now - timedelta(days=3))  # fmt: skip
+        shared = ModelVersion(
+            task_id=task.id, version="shared-1", rung="few_shot", status="champion", tainted_rows=2, tainted_at=old
+        )
+        variant = ModelVersion(
+            task_id=task.id,
+            tenant_id=globex.id,
+            version="globex-1",
+            rung="fine_tuned",
+            status="champion",
+            tainted_rows=1,
+            tainted_at=now - timedelta(days=3),
+        )
         session.add_all([shared, variant])
         session.flush()
-        session.add_all([ChampionSlot(task_id=task.id, tenant_key=0, model_id=shared.id),
-                         ChampionSlot(task_id=task.id, tenant_key=globex.id, tenant_id=globex.id, model_id=variant.id)])  # fmt: skip
+        session.add_all(
+            [
+                ChampionSlot(task_id=task.id, tenant_key=0, model_id=shared.id),
+                ChampionSlot(task_id=task.id, tenant_key=globex.id, tenant_id=globex.id, model_id=variant.id),
+            ]
+        )
         for tenant, n in ((acme, 2), (globex, 1)):  # initech has no traffic on the task: not served
             for i in range(n):
-                session.add(Prediction(tenant_id=tenant.id, task_id=task.id, client_id=f"p{i}", text="t", label="a",
-                                       confidence=0.5, created_at=now, content_hash="h", bucket=50))  # fmt: skip
+                session.add(
+                    Prediction(
+                        tenant_id=tenant.id,
+                        task_id=task.id,
+                        client_id=f"p{i}",
+                        text="t",
+                        label="a",
+                        confidence=0.5,
+                        created_at=now,
+                        content_hash="h",
+                        bucket=50,
+                    )
+                )
     with db.session() as session:
         alerts = alert_stale_taints(session, settings, now=now)
         assert [(a.kind, a.payload["tenant"], a.payload["version"]) for a in alerts] == [
@@ -178,8 +201,15 @@ def test_the_nightly_run_retrains_a_tainted_variant_below_the_eligibility_bar(db
         acme = Tenant(slug="acme", name="Acme")
         session.add_all([task, acme])
         session.flush()
-        variant = ModelVersion(task_id=task.id, tenant_id=acme.id, version="acme-1", rung="fine_tuned",
-                               status="champion", tainted_rows=1, tainted_at=utcnow())  # fmt: skip
+        variant = ModelVersion(
+            task_id=task.id,
+            tenant_id=acme.id,
+            version="acme-1",
+            rung="fine_tuned",
+            status="champion",
+            tainted_rows=1,
+            tainted_at=utcnow(),
+        )
         session.add(variant)
         session.flush()
         session.add(ChampionSlot(task_id=task.id, tenant_key=acme.id, tenant_id=acme.id, model_id=variant.id))

@@ -23,8 +23,10 @@ from support import World, prediction
 def seed(client: FlaskClient, world: World, key: str, prefix: str, n: int, *, created_at: str | None = None) -> None:
     items = [prediction(f"{prefix}-{i}", **({"created_at": created_at} if created_at else {})) for i in range(n)]
     assert client.post("/v1/predictions", json={"predictions": items}, headers=world.auth(key)).status_code == 201
-    feedback = [{"id": f"fb-{prefix}-{i}", "prediction_id": f"{prefix}-{i}", "label": "card_linking",
-                 "source": "agent"} for i in range(n)]  # fmt: skip
+    feedback = [
+        {"id": f"fb-{prefix}-{i}", "prediction_id": f"{prefix}-{i}", "label": "card_linking", "source": "agent"}
+        for i in range(n)
+    ]
     assert client.post("/v1/feedback", json={"feedback": feedback}, headers=world.auth(key)).status_code == 201
 
 
@@ -85,8 +87,14 @@ def test_opting_out_taints_the_shared_models_its_labels_trained(client: FlaskCli
     assert (models["acme-1"]["tainted"], models["acme-1"]["tainted_rows"]) == (False, 0)  # its own variant: fine
     with world.db.session() as session:
         # The shared model keeps the lineage of globex's rows only; erasing an acme row later does not count twice.
-        assert session.scalar(select(func.count()).select_from(ModelTrainingRow).where(
-            ModelTrainingRow.model_id == models["shared-1"]["id"])) == 2  # fmt: skip
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(ModelTrainingRow)
+                .where(ModelTrainingRow.model_id == models["shared-1"]["id"])
+            )
+            == 2
+        )
     client.delete("/v1/predictions/a-0", headers=world.auth(world.acme_rw))
     models = {m["version"]: m for m in client.get("/v1/models", headers=world.auth(world.admin)).get_json()["items"]}
     assert models["shared-1"]["tainted_rows"] == 3 and models["acme-1"]["tainted_rows"] == 1
@@ -106,17 +114,33 @@ def test_deleting_a_tenant_refuses_its_keys_at_once_then_removes_everything_of_i
     with db.session() as session:
         task_id = session.scalar(select(Task.id))
         acme_id = session.scalar(select(Tenant.id).where(Tenant.slug == "acme"))
-        variant = ModelVersion(task_id=task_id, tenant_id=acme_id, version="acme-1", rung="fine_tuned",
-                               artifact_path=str(artifact))  # fmt: skip
-        shared = ModelVersion(task_id=task_id, tenant_id=None, version="shared-1", rung="few_shot",
-                              artifact_path=str(shared_artifact))  # fmt: skip
-        session.add_all([variant, shared, Sla(tenant_id=acme_id, task_id=task_id, metric="accuracy", threshold=0.9,
-                                              window_days=7, min_labeled=10, warning_margin=0.02)])  # fmt: skip
+        variant = ModelVersion(
+            task_id=task_id, tenant_id=acme_id, version="acme-1", rung="fine_tuned", artifact_path=str(artifact)
+        )
+        shared = ModelVersion(
+            task_id=task_id, tenant_id=None, version="shared-1", rung="few_shot", artifact_path=str(shared_artifact)
+        )
+        session.add_all(
+            [
+                variant,
+                shared,
+                Sla(
+                    tenant_id=acme_id,
+                    task_id=task_id,
+                    metric="accuracy",
+                    threshold=0.9,
+                    window_days=7,
+                    min_labeled=10,
+                    warning_margin=0.02,
+                ),
+            ]
+        )
         session.flush()
         for pid in session.scalars(select(Prediction.id)):
             session.add(ModelTrainingRow(model_id=shared.id, prediction_id=pid))
-        session.add(Alert(tenant_id=acme_id, task_id=task_id, kind="sla_status", to_status="breached", message="m",
-                          payload={}))  # fmt: skip
+        session.add(
+            Alert(tenant_id=acme_id, task_id=task_id, kind="sla_status", to_status="breached", message="m", payload={})
+        )
     globex_before = rows_of(db, "globex")
     admin = world.auth(world.admin)
 
