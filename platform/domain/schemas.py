@@ -181,10 +181,8 @@ class TenantPatch(Strict):
         description="false: the tenant's labels train only its own variant, never a shared model; turning it off "
         "taints the shared models that used them (absent or null: unchanged)",
     )
-    retention_days: Integer | None = Field(
+    retention_days: Annotated[int, Field(ge=1, le=36_500), BeforeValidator(_integral), StrictInput()] | None = Field(
         default=None,
-        ge=1,
-        le=36_500,
         description="predictions (and their feedback) older than this many days are erased nightly; null: kept "
         "until erased (absent: unchanged)",
     )
