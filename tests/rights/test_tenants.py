@@ -16,6 +16,7 @@ from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.rights import Erasure
 from flywheel.models.slas import Alert, Sla
 from flywheel.models.training import ModelTrainingRow, ModelVersion
+from flywheel.scheduler import JOB_DELETIONS, JOB_RIGHTS, SchedulerService, select_job_runs
 
 from support import World, prediction
 
@@ -199,3 +200,24 @@ def test_retention_erases_what_is_older_than_each_tenants_window_in_batches(clie
         )
         reasons = set(session.scalars(select(Erasure.reason)))
         assert reasons == {"retention"}
+
+
+def test_the_scheduler_runs_retention_nightly_and_deletions_while_it_leads(
+    client: FlaskClient, world: World, settings: Settings
+) -> None:
+    old = (utcnow() - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    seed(client, world, world.acme_rw, "old", 3, created_at=old)
+    seed(client, world, world.globex_rw, "g", 2)
+    admin = world.auth(world.admin)
+    client.patch("/v1/tenants/acme", json={"retention_days": 7}, headers=admin)
+    client.delete("/v1/tenants/globex", json={"confirm": "globex"}, headers=admin)
+    service = SchedulerService(world.db, settings.with_(erasure_batch_size=2))
+    assert {JOB_RIGHTS, JOB_DELETIONS} <= set(service.triggers)
+    assert service.tenant_deletions() == []  # only the leader works
+    service.leading.set()
+    assert service.run_cron_job(JOB_RIGHTS, service.data_rights) is True
+    assert service.run_cron_job(JOB_RIGHTS, service.data_rights) is False  # once per fire time
+    assert [status for _, _, status in select_job_runs(world.db, JOB_RIGHTS)] == ["succeeded"]
+    assert service.tenant_deletions() == ["globex"]
+    assert rows_of(world.db, "acme")["predictions"] == 0
+    assert client.get("/v1/tenants/globex", headers=admin).status_code == 404
