@@ -81,7 +81,7 @@ def taint_models(session: Session, rows_by_model: dict[int, int], now: datetime)
     return len(rows_by_model)
 
 
-def _erase_chunk(session: Session, pks: list[int], now: datetime) -> ErasureCounts:
+def _erase_chunk(session: Session, pks: list[int], now: datetime, tainted: set[int]) -> ErasureCounts:
     counts = ErasureCounts(predictions=len(pks))
     by_source = session.execute(
         select(Feedback.source, func.count()).where(Feedback.prediction_id.in_(pks)).group_by(Feedback.source)
@@ -100,7 +100,8 @@ def _erase_chunk(session: Session, pks: list[int], now: datetime) -> ErasureCoun
     )
     counts.training_rows = sum(int(n) for n in lineage.values())
     if lineage:
-        counts.models_tainted = taint_models(session, {int(k): int(v) for k, v in lineage.items()}, now)
+        taint_models(session, {int(k): int(v) for k, v in lineage.items()}, now)
+        tainted.update(int(k) for k in lineage)
     texts = session.scalars(select(Prediction.text).where(Prediction.id.in_(pks)))
     hashes = sorted({text_hash(t) for t in texts})
 
@@ -133,6 +134,7 @@ def erase_predictions(
     now = now or utcnow()
     counts = ErasureCounts()
     hashes: list[str] = []
+    tainted: set[int] = set()  # distinct model versions, over every chunk
     for chunk in _chunks(sorted(set(pks))):
         rows = session.execute(
             select(Prediction.id, Prediction.client_id).where(
@@ -142,7 +144,8 @@ def erase_predictions(
         if not rows:
             continue
         hashes += [id_hash(cid) for _, cid in rows]
-        counts.add(_erase_chunk(session, [pk for pk, _ in rows], now))
+        counts.add(_erase_chunk(session, [pk for pk, _ in rows], now, tainted))
+    counts.models_tainted = len(tainted)
     session.add(
         Erasure(
             tenant_id=tenant.id,

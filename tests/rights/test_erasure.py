@@ -206,3 +206,23 @@ def test_user_erasure_matches_metadata_user_id_only(client: FlaskClient, world: 
         for t in Base.metadata.sorted_tables:
             for row in conn.execute(select(t)):
                 assert "secret text of u1-" not in str(row), t.name
+
+
+def test_a_large_erasure_counts_each_tainted_model_once(client: FlaskClient, world: World) -> None:
+    ids = [f"big-{i}" for i in range(700)]  # more than one chunk of 500
+    items = [prediction(pid) for pid in ids]
+    assert (
+        client.post("/v1/predictions", json={"predictions": items}, headers=world.auth(world.acme_rw)).status_code
+        == 201
+    )
+    with world.db.session() as session:
+        task_id = session.scalar(select(Task.id))
+        model = ModelVersion(task_id=task_id, version="shared-1", rung="few_shot", status="champion")
+        session.add(model)
+        session.flush()
+        for pk in session.scalars(select(Prediction.id)):
+            session.add(ModelTrainingRow(model_id=model.id, prediction_id=pk))
+    answer = client.post("/v1/erasure", json={"prediction_ids": ids}, headers=world.auth(world.acme_rw)).get_json()
+    assert (answer["predictions"], answer["training_rows"], answer["models_tainted"]) == (700, 700, 1)
+    models = client.get("/v1/models", headers=world.auth(world.admin)).get_json()["items"]
+    assert [(m["tainted"], m["tainted_rows"]) for m in models] == [(True, 700)]
