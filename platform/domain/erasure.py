@@ -174,15 +174,30 @@ def predictions_by_client_ids(session: Session, tenant_id: int, client_ids: Sequ
     return out
 
 
-def predictions_of_user(session: Session, tenant_id: int, user_id: str) -> list[int]:
-    """Row ids of the tenant's predictions whose ``metadata.user_id`` is ``user_id``."""
-    return list(
-        session.scalars(
-            select(Prediction.id).where(
-                Prediction.tenant_id == tenant_id, Prediction.metadata_["user_id"].as_string() == user_id
-            )
-        )
-    )
+def predictions_of_user(session: Session, tenant_id: int, user_id: str, *, chunk: int = 5000) -> list[int]:
+    """Row ids of the tenant's predictions whose ``metadata.user_id`` is ``user_id`` (a number matches its decimal
+    text: ``42`` is user "42").
+
+    Read in keyset chunks and matched here rather than with the database's JSON operators: PostgreSQL's ``->>`` on a
+    ``json`` column fails on any stored document holding an escaped NUL (``\\u0000``, which clients may send), and one
+    such prediction must not make a user's erasure impossible.
+    """
+    out: list[int] = []
+    last = 0
+    while True:
+        rows = session.execute(
+            select(Prediction.id, Prediction.metadata_)
+            .where(Prediction.tenant_id == tenant_id, Prediction.id > last, Prediction.metadata_.is_not(None))
+            .order_by(Prediction.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return out
+        last = rows[-1][0]
+        for pk, metadata in rows:
+            value = metadata.get("user_id") if isinstance(metadata, dict) else None
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value) == user_id:
+                out.append(pk)
 
 
 # --- opting out of the shared models ------------------------------------------------------------------------------

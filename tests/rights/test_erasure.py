@@ -226,3 +226,22 @@ def test_a_large_erasure_counts_each_tainted_model_once(client: FlaskClient, wor
     assert (answer["predictions"], answer["training_rows"], answer["models_tainted"]) == (700, 700, 1)
     models = client.get("/v1/models", headers=world.auth(world.admin)).get_json()["items"]
     assert [(m["tainted"], m["tainted_rows"]) for m in models] == [(True, 700)]
+
+
+def test_user_erasure_survives_odd_metadata_and_matches_numeric_ids(client: FlaskClient, world: World) -> None:
+    items = [
+        prediction("nul", metadata={"note": "a\u0000b", "user_id": "u-9"}),  # PostgreSQL's ->> fails on this one
+        prediction("num", metadata={"user_id": 9}),
+        prediction("list", metadata={"user_id": ["u-9"]}),
+        prediction("bool", metadata={"user_id": True}),
+        prediction("other", metadata={"user_id": "u-10"}),
+    ]
+    assert (
+        client.post("/v1/predictions", json={"predictions": items}, headers=world.auth(world.acme_rw)).status_code
+        == 201
+    )
+    auth = world.auth(world.acme_rw)
+    assert client.post("/v1/erasure", json={"user_id": "u-9"}, headers=auth).get_json()["predictions"] == 1
+    assert client.post("/v1/erasure", json={"user_id": "9"}, headers=auth).get_json()["predictions"] == 1
+    with world.db.session() as session:
+        assert sorted(session.scalars(select(Prediction.client_id))) == ["bool", "list", "other"]
