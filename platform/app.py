@@ -12,7 +12,7 @@ from flask import Flask, Request, Response, g, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy.exc import SQLAlchemyError
 
-from flywheel.api import admin, ops, predict, predictions, tasks
+from flywheel.api import admin, ops, predict, predictions, rights, tasks
 from flywheel.core import errors, logs, metrics
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         admin.bp,
         tasks.bp,
         predictions.bp,
+        rights.bp,
         dashboard_views.bp,
         predict.bp,
         retrain_api.bp,

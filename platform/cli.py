@@ -82,6 +82,41 @@ def tenants_list(ctx: Context) -> None:
             click.echo(f"{t.slug}\t{t.name}\t{t.created_at:%Y-%m-%d}")
 
 
+@tenants.command("delete")
+@click.argument("slug")
+@click.option("--confirm", required=True, help="The slug again: a tenant is never deleted by a typo.")
+@click.option("--now", "now", is_flag=True, help="Delete every batch now instead of leaving it to the scheduler.")
+@pass_ctx
+def tenants_delete(ctx: Context, slug: str, confirm: str, now: bool) -> None:
+    """Delete a tenant and all of its data (as DELETE /v1/tenants/{slug}): its keys are revoked at once."""
+    from flywheel.domain.erasure import begin_tenant_deletion, run_tenant_deletions
+    from flywheel.models.records import Tenant
+
+    if confirm != slug:
+        raise click.UsageError("--confirm must repeat the slug")
+    with ctx.session() as session:
+        tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+        if tenant is None:
+            raise click.ClickException(f"tenant '{slug}' does not exist")
+        begin_tenant_deletion(session, tenant)
+    if now:
+        run_tenant_deletions(ctx.db, batch_size=ctx.settings.erasure_batch_size)
+        click.echo(f"{slug} deleted")
+    else:
+        click.echo(f"{slug} is being deleted (the scheduler removes it in batches)")
+
+
+@tenants.command("expire")
+@pass_ctx
+def tenants_expire(ctx: Context) -> None:
+    """Run the nightly data-rights job now: retention (every tenant's retention_days), then the tainted-model alert."""
+    import json
+
+    from flywheel.monitoring.taint import nightly_data_rights
+
+    click.echo(json.dumps(nightly_data_rights(ctx.db, ctx.settings)))
+
+
 @cli.group()
 def keys() -> None:
     """API keys."""

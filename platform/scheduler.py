@@ -44,6 +44,8 @@ JOB_MONITORING = "flywheel.monitoring"
 JOB_POLL = "flywheel.training_poll"
 JOB_EARLY = "flywheel.early_retrain"
 JOB_HOUSEKEEPING = "flywheel.housekeeping"
+JOB_RIGHTS = "flywheel.data_rights"
+JOB_DELETIONS = "flywheel.tenant_deletions"
 
 # The running services of this process, by key: APScheduler stores a job's function by reference and its args
 # pickled, so jobs carry the key of their service rather than the service itself.
@@ -114,6 +116,8 @@ def job_triggers(settings: Settings) -> dict[str, Any]:
         JOB_POLL: IntervalTrigger(seconds=settings.training_poll_seconds, timezone=UTC),
         JOB_EARLY: IntervalTrigger(seconds=settings.early_retrain_check_seconds, timezone=UTC),
         JOB_HOUSEKEEPING: CronTrigger.from_crontab(settings.housekeeping_cron, timezone=UTC),
+        JOB_RIGHTS: CronTrigger.from_crontab(settings.rights_cron, timezone=UTC),
+        JOB_DELETIONS: IntervalTrigger(seconds=settings.tenant_deletion_poll_seconds, timezone=UTC),
     }
 
 
@@ -160,15 +164,17 @@ def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
 
 def housekeeping(db: Database, settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
     """Daily storage upkeep, cheap enough to run in the scheduler itself: on PostgreSQL, the coming months'
-    partitions; with ``retention_days``, the expiry of older predictions (whole partitions where it can)."""
-    from flywheel.domain import partitions
+    partitions and, with ``retention_days``, the expired months dropped whole. The nightly data-rights job erases
+    what is left of the policy row by row (SQLite, the default partition, tenants with their own retention)."""
+    from flywheel.domain import erasure, partitions
 
     now = now or utcnow()
     with db.session() as session:
         created = partitions.ensure_partitions(session, now, months_ahead=settings.partition_months_ahead)
         result: dict[str, Any] = {"partitions_created": created}
         if settings.retention_days > 0 and partitions.is_partitioned(session):
-            dropped = partitions.drop_before(session, now - timedelta(days=settings.retention_days))
+            cutoff = now - timedelta(days=settings.retention_days)
+            dropped = erasure.drop_expired_months(session, cutoff, now)
             result.update(partitions_dropped=dropped.partitions, predictions_removed=dropped.predictions)
     return result
 
@@ -208,6 +214,18 @@ def early_retrain_job(key: str) -> None:
     service = _service(key)
     if service is not None:
         service.early_retrain()
+
+
+def data_rights_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.run_cron_job(JOB_RIGHTS, service.data_rights)
+
+
+def tenant_deletions_job(key: str) -> None:
+    service = _service(key)
+    if service is not None:
+        service.tenant_deletions()
 
 
 # --- the service -------------------------------------------------------------------------------------------------
@@ -324,6 +342,8 @@ class SchedulerService:
             JOB_POLL: poll_job,
             JOB_EARLY: early_retrain_job,
             JOB_HOUSEKEEPING: housekeeping_job,
+            JOB_RIGHTS: data_rights_job,
+            JOB_DELETIONS: tenant_deletions_job,
         }
         for job_id, fn in functions.items():
             scheduler.add_job(
@@ -377,6 +397,26 @@ class SchedulerService:
         result = run_monitoring(self.db, self.settings)
         self.early_retrain()  # a fresh breach triggers an early run now rather than at the next check
         return result if isinstance(result, list | dict) else None
+
+    def data_rights(self) -> Any:
+        if self.celery is not None:
+            from flywheel.retrain.routing import QUEUE_CPU
+            from flywheel.worker import TASK_DATA_RIGHTS
+
+            self.celery.send_task(TASK_DATA_RIGHTS, queue=QUEUE_CPU)
+            return {"dispatched": TASK_DATA_RIGHTS}
+        from flywheel.monitoring.taint import nightly_data_rights
+
+        return nightly_data_rights(self.db, self.settings)
+
+    def tenant_deletions(self) -> list[str]:
+        """Advance the deletion of every tenant marked ``deleting`` (bounded per call; the next one resumes). Plain
+        batched SQL, so it runs here even with a broker: no worker has anything to add to it."""
+        from flywheel.domain.erasure import run_tenant_deletions
+
+        if not self.leading.is_set():
+            return []
+        return run_tenant_deletions(self.db, batch_size=self.settings.erasure_batch_size, max_batches=50)
 
     def early_retrain(self) -> list[int]:
         from flywheel.retrain.jobs import check_early_retrain

@@ -42,6 +42,7 @@ TASK_TRAIN = "flywheel.train_run"
 TASK_LABEL_QUALITY = "flywheel.label_quality"
 TASK_MONITOR = "flywheel.monitor"
 TASK_QUEUE_NIGHTLY_RUNS = "flywheel.queue_nightly_runs"
+TASK_DATA_RIGHTS = "flywheel.data_rights"
 
 
 def make_celery(settings: Settings, queues: Sequence[str] | None = None) -> Celery:
@@ -123,7 +124,13 @@ def _register_tasks(app: Celery, ctx: JobContext) -> None:
         dispatch_queued_runs(ctx.db, ctx.settings, app)
         return queued
 
-    del train_run, label_quality, monitor, queue_nightly_runs  # registered on the app by name
+    @app.task(name=TASK_DATA_RIGHTS, shared=False)
+    def data_rights() -> dict[str, Any]:
+        from flywheel.monitoring.taint import nightly_data_rights
+
+        return nightly_data_rights(ctx.db, ctx.settings)
+
+    del train_run, label_quality, monitor, queue_nightly_runs, data_rights  # registered on the app by name
 
     from celery.signals import worker_process_init
 

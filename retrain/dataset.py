@@ -100,7 +100,8 @@ def label_verdicts(session: Session, tenant_id: int, task_id: int) -> tuple[set[
 
 
 def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int) -> TrainingData:
-    """The training pool and the holdout of ``task``: one tenant's data for a variant, every tenant's otherwise."""
+    """The training pool and the holdout of ``task``: one tenant's data for a variant; for the shared model, every
+    tenant's that shares its labels (``share_labels``), so an opted-out tenant is in neither split nor the lineage."""
     stmt = (
         select(
             Prediction.id,
@@ -121,6 +122,8 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
     )
     if tenant is not None:
         stmt = stmt.where(Prediction.tenant_id == tenant.id)
+    else:  # a shared model: only tenants that share their labels (and are not being deleted)
+        stmt = stmt.where(Tenant.share_labels.is_(True), Tenant.status == "active")
     rows = session.execute(stmt).all()
     valid = set(task.labels)
     verdicts: dict[int, tuple[set[int], dict[int, float]]] = {}

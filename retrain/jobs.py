@@ -25,7 +25,7 @@ from flywheel.domain import champions
 from flywheel.domain.holdout import outside_holdout
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.slas import SlaEvaluation
-from flywheel.models.training import RUN_FINISHED, TrainingRun
+from flywheel.models.training import RUN_FINISHED, ChampionSlot, ModelVersion, TrainingRun
 from flywheel.retrain import pipeline, registry
 from flywheel.retrain.routing import Executor, owner
 
@@ -312,11 +312,28 @@ def eligible_tenants(session: Session, task_id: int, settings: Settings) -> list
     ids = [tid for tid, n in counts if n >= settings.fine_tune_min_labels]
     if not ids:
         return []
-    return list(session.scalars(select(Tenant).where(Tenant.id.in_(ids)).order_by(Tenant.id)))
+    return list(
+        session.scalars(select(Tenant).where(Tenant.id.in_(ids), Tenant.status == "active").order_by(Tenant.id))
+    )
+
+
+def tainted_variant_tenants(session: Session, task_id: int) -> list[Tenant]:
+    """Tenants whose own champion on the task is tainted: retrained tonight even below the eligibility bar, so the
+    gate can replace a model that trained on erased records."""
+    return list(
+        session.scalars(
+            select(Tenant)
+            .join(ChampionSlot, ChampionSlot.tenant_id == Tenant.id)
+            .join(ModelVersion, ModelVersion.id == ChampionSlot.model_id)
+            .where(ChampionSlot.task_id == task_id, ModelVersion.tainted_at.is_not(None), Tenant.status == "active")
+            .order_by(Tenant.id)
+        )
+    )
 
 
 def nightly_retrain(db: Database, settings: Settings, *, trigger: str = "nightly") -> list[int]:
-    """Queue a run for every task's shared model and for every tenant with enough labels for its own variant.
+    """Queue a run for every task's shared model and for every tenant with enough labels for its own variant (or
+    whose variant is tainted: it must be replaced without the erased records).
 
     The shared runs come first (lower ids), so a tenant variant is compared with tonight's shared model.
     """
@@ -327,7 +344,9 @@ def nightly_retrain(db: Database, settings: Settings, *, trigger: str = "nightly
             registry.ensure_zero_shot(session, task, settings)
             queued.append(queue_run(session, task, None, trigger=trigger).id)
         for task in tasks:
-            for tenant in eligible_tenants(session, task.id, settings):
+            tenants = {t.id: t for t in eligible_tenants(session, task.id, settings)}
+            tenants.update({t.id: t for t in tainted_variant_tenants(session, task.id)})
+            for tenant in sorted(tenants.values(), key=lambda t: t.id):
                 queued.append(queue_run(session, task, tenant, trigger=trigger).id)
     log.info("nightly retrain queued runs %s", queued)
     return queued

@@ -34,6 +34,10 @@ class ModelOut(BaseModel):
     training_run_id: int | None
     created_at: datetime
     promoted_at: datetime | None
+    tainted: bool = Field(
+        default=False, description="a record it trained on was erased (or its tenant stopped sharing its labels)"
+    )
+    tainted_rows: int = Field(default=0, description="how many of the rows that trained it are gone")
 
 
 class TrainingRunOut(BaseModel):
@@ -92,6 +96,8 @@ def model_out(principal: Principal, m: ModelVersion) -> ModelOut:
         training_run_id=m.training_run_id,
         created_at=m.created_at,
         promoted_at=m.promoted_at,
+        tainted=m.tainted,
+        tainted_rows=m.tainted_rows or 0,
     )
 
 

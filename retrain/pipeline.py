@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
 from flywheel.domain import artifacts, champions
-from flywheel.models.records import Task, Tenant
+from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.slas import Sla
-from flywheel.models.training import ChampionSlot, ModelVersion, TrainingRun
+from flywheel.models.training import ChampionSlot, ModelTrainingRow, ModelVersion, TrainingRun
 from flywheel.retrain import gate, registry
 from flywheel.retrain.dataset import LabeledSet, TrainingData, build_training_data, embeddings_for
 from flywheel.retrain.routing import QUEUE_GPU, Executor, owner, route_fine_tune
@@ -191,13 +191,18 @@ def load_inputs(db: Database, settings: Settings, run_id: int) -> RunInputs:
         assert run is not None
         task = run.task
         data = build_training_data(session, task, run.tenant, holdout_percent=settings.holdout_percent)
+        champion = champions.champion_for(session, task.id, run.tenant_id)
+        lineage = data.lineage()
+        if champion is not None and champion.tainted and champion.tenant_id == run.tenant_id:
+            # What this run is to replace: a champion that trained on records erased since.
+            lineage["replaces_tainted"] = {"version": champion.version, "tainted_rows": champion.tainted_rows}
         return RunInputs(
             run_id=run_id,
             task_name=task.name,
             base=task.base_model or settings.base_model or None,
             data=data,
-            lineage=data.lineage(),
-            champion=champions.champion_for(session, task.id, run.tenant_id),
+            lineage=lineage,
+            champion=champion,
             variant_tenants=variant_tenants(session, task.id),
             slas=sla_thresholds(session, task.id),
         )
@@ -481,7 +486,25 @@ def register_model(
     )
     session.add(model)
     session.flush()
+    record_training_rows(session, model.id, inputs.data.train.ids)
     return model
+
+
+def record_training_rows(session: Session, model_id: int, prediction_ids: list[int]) -> None:
+    """The lineage erasure follows: one row per prediction that trained the model (``ModelTrainingRow``), inserted
+    as one ``executemany`` batch. Rows erased while the run trained are skipped: they must not be recorded as
+    present, and the model is tainted by them instead."""
+    existing: list[int] = []
+    for start in range(0, len(prediction_ids), 500):
+        chunk = prediction_ids[start : start + 500]
+        existing += session.scalars(select(Prediction.id).where(Prediction.id.in_(chunk)))
+    if existing:
+        session.execute(insert(ModelTrainingRow), [{"model_id": model_id, "prediction_id": pid} for pid in existing])
+    gone = len(set(prediction_ids)) - len(set(existing))
+    if gone:
+        model = session.get(ModelVersion, model_id)
+        assert model is not None
+        model.tainted_rows, model.tainted_at = gone, utcnow()
 
 
 def finish_run(

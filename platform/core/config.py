@@ -82,6 +82,12 @@ class Settings:
     drift_text_embeddings: bool = True  # text drift on base-model embeddings (caps the drift sample at the next)
     drift_embedding_cap: int = 5_000
     drift_min_rows: int = 30
+    # Data rights: the nightly retention job, tenant deletion batches, and how long a tainted champion (one that
+    # trained on records erased since) may serve before an alert says retraining has not replaced it.
+    rights_cron: str = "30 1 * * *"
+    tenant_deletion_poll_seconds: float = 10.0
+    erasure_batch_size: int = 1000
+    tainted_max_days: int = 30
     # Dashboard: signed session cookie lifetime (absolute, from sign-in) and the cookie's Secure flag.
     dashboard_session_minutes: int = 480
     dashboard_secure_cookie: bool = False

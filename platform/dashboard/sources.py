@@ -335,6 +335,24 @@ def serving_model(session: Session, *, task_id: int, tenant_id: int) -> ModelVer
     return champion_for(session, task_id, tenant_id)
 
 
+def tainted_models(session: Session, *, tenant_id: int, limit: int = 20) -> list[ModelVersion]:
+    """Model versions the tenant may see (its variants and the shared models) that trained on records erased
+    since, newest taint first: the data-rights card of its page."""
+    from sqlalchemy import or_
+
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(
+                ModelVersion.tainted_at.is_not(None),
+                or_(ModelVersion.tenant_id.is_(None), ModelVersion.tenant_id == tenant_id),
+            )
+            .order_by(ModelVersion.tainted_at.desc(), ModelVersion.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 @dataclass(frozen=True)
 class ModelView:
     """A model as the caller may see it (the retrain API's serializer: other tenants' metrics removed)."""

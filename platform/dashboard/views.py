@@ -314,7 +314,14 @@ def tenant(tenant: str) -> str:
         raise NotFound(f"tenant '{row.slug}' has no task '{selected_name}'")
     days = max(1, min(request.args.get("days", 30, type=int) or 30, 365))
     now = utcnow()
-    context: dict[str, Any] = {"tenant": row, "tasks": ordered, "task": selected, "days": days, "sla": None}
+    context: dict[str, Any] = {
+        "tenant": row,
+        "tasks": ordered,
+        "task": selected,
+        "days": days,
+        "sla": None,
+        "tainted": sources.tainted_models(session, tenant_id=row.id),
+    }
     chart_json: dict[str, str] = {}
     if selected is not None:
         sla = sla_by_task.get(selected.name)

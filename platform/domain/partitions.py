@@ -47,7 +47,11 @@ TABLE = "predictions"
 KEYS_TABLE = "prediction_keys"
 DEFAULT_PARTITION = "predictions_default"
 # Tables that point at a prediction by id without a foreign key (there can be none to a partitioned table's id).
-REFERRING = (("feedback", "prediction_id"), ("label_quality_results", "prediction_id"))
+REFERRING = (
+    ("feedback", "prediction_id"),
+    ("label_quality_results", "prediction_id"),
+    ("model_training_rows", "prediction_id"),
+)
 # The key table, PostgreSQL only (not among the models, which describe the schema both databases share).
 KEYS = Table(
     KEYS_TABLE,
@@ -63,6 +67,7 @@ PG_ABSENT_CONSTRAINTS = frozenset(
         "uq_predictions_tenant_id_client_id",
         "fk_feedback_prediction_id_predictions",
         "fk_label_quality_results_prediction_id_predictions",
+        "fk_model_training_rows_prediction_id_predictions",
     }
 )
 
@@ -219,16 +224,19 @@ class Dropped:
     feedback: int
 
 
+def expired(db: Connection | Session, cutoff: datetime) -> list[Partition]:
+    """The monthly partitions that end on or before ``cutoff``, oldest first."""
+    return [part for part in partitions(db) if part.end <= cutoff]
+
+
 def drop_before(db: Connection | Session, cutoff: datetime) -> Dropped:
-    """Remove every prediction created before ``cutoff`` month by month: the rows that point at a partition's
-    predictions and their idempotency keys are deleted, then the partition is dropped whole. Only months that end
-    on or before ``cutoff`` go; older rows in the default partition are deleted as rows."""
+    """Drop every month that ends on or before ``cutoff``: the rows that point at its predictions and their
+    idempotency keys are deleted, then the partition goes whole. Rows of the default partition are left to
+    row-by-row retention (``flywheel.domain.erasure``)."""
     conn = _conn(db)
     gone: list[str] = []
     counts = {"predictions": 0, "feedback": 0}
-    for part in partitions(conn):
-        if part.end > cutoff:
-            break
+    for part in expired(conn, cutoff):
         counts["feedback"] += _delete_referring(conn, f'SELECT id FROM "{part.name}"')
         conn.execute(
             text(
@@ -240,18 +248,15 @@ def drop_before(db: Connection | Session, cutoff: datetime) -> Dropped:
         conn.execute(text(f'ALTER TABLE {TABLE} DETACH PARTITION "{part.name}"'))
         conn.execute(text(f'DROP TABLE "{part.name}"'))
         gone.append(part.name)
-    old = f'SELECT id FROM "{DEFAULT_PARTITION}" WHERE created_at < :cutoff'
-    counts["feedback"] += _delete_referring(conn, old, cutoff=cutoff)
-    counts["predictions"] += conn.execute(
-        text(
-            f'WITH d AS (DELETE FROM "{DEFAULT_PARTITION}" WHERE created_at < :cutoff RETURNING tenant_id, client_id) '
-            f"DELETE FROM {KEYS_TABLE} k USING d WHERE k.tenant_id = d.tenant_id AND k.client_id = d.client_id"
-        ),
-        {"cutoff": cutoff},
-    ).rowcount
     if gone:
         log.info("retention dropped partitions %s", ", ".join(gone))
     return Dropped(partitions=gone, **counts)
+
+
+def forget_keys(db: Connection | Session, tenant_id: int, client_ids: list[str]) -> None:
+    """Remove the idempotency keys of erased predictions (their ids may be used again); a no-op on SQLite."""
+    if client_ids and keys_apart(db):
+        _conn(db).execute(KEYS.delete().where(KEYS.c.tenant_id == tenant_id, KEYS.c.client_id.in_(client_ids)))
 
 
 def _delete_referring(conn: Connection, ids_sql: str, **params: object) -> int:

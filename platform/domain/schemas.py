@@ -18,10 +18,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic import Strict as StrictInput
 
@@ -159,12 +161,35 @@ class TenantIn(Strict):
 
 
 class TenantOut(BaseModel):
-    """A tenant."""
+    """A tenant, with its data-rights settings: ``share_labels`` (may its labels train the shared models),
+    ``retention_days`` (null: kept until erased) and ``status`` (``deleting`` while its deletion runs)."""
 
     slug: str
     name: str
     webhook_url: str | None
     created_at: datetime
+    share_labels: bool = True
+    retention_days: int | None = None
+    status: Literal["active", "deleting"] = "active"
+
+
+class TenantPatch(Strict):
+    """Data-rights settings; a field left out is unchanged."""
+
+    share_labels: StrictBool | None = Field(
+        default=None,
+        description="false: the tenant's labels train only its own variant, never a shared model; turning it off "
+        "taints the shared models that used them (absent or null: unchanged)",
+    )
+    retention_days: Annotated[int, Field(ge=1, le=36_500), BeforeValidator(_integral), StrictInput()] | None = Field(
+        default=None,
+        description="predictions (and their feedback) older than this many days are erased nightly; null: kept "
+        "until erased (absent: unchanged)",
+    )
+
+
+class TenantDelete(Strict):
+    confirm: Name = Field(description="the tenant's slug again, so that a tenant is never deleted by a typo")
 
 
 class TenantList(BaseModel):
@@ -351,6 +376,50 @@ class PredictionQuery(Strict):
 
 
 class TenantQuery(Strict):
+    tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
+
+
+# --- data rights ------------------------------------------------------------------------------------------------
+
+
+class ErasureIn(Strict):
+    """Exactly one of ``prediction_ids`` (up to 1,000 of the tenant's prediction ids; unknown ones count zero) or
+    ``user_id`` (every prediction whose ``metadata.user_id`` is this value)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["prediction_ids"]}, {"required": ["user_id"]}]},
+    )
+
+    # (Neither is nullable: a field is given or left out, and the check below needs exactly one given.)
+    prediction_ids: list[ClientId] = Field(default_factory=list, min_length=1, max_length=1000)
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul, NO_NUL_SCHEMA] = Field(
+        default="", description="the value of `metadata.user_id` whose predictions to erase"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ErasureIn:
+        if ("prediction_ids" in self.model_fields_set) == ("user_id" in self.model_fields_set):
+            raise ValueError("give exactly one of prediction_ids and user_id")
+        return self
+
+
+class ErasureOut(BaseModel):
+    """What was erased, per kind of record (all zero when nothing matched: erasure is idempotent), and how many
+    model versions it tainted (they trained on an erased record)."""
+
+    predictions: int
+    feedback: int
+    review_decisions: int
+    label_quality_results: int
+    embeddings: int
+    training_rows: int
+    models_tainted: int
+
+
+class ExportQuery(Strict):
+    task: Name = Field(description="the task whose predictions to export (404 if it does not exist)")
+    format: Literal["jsonl", "parquet"] = "jsonl"
     tenant: Name | None = Field(default=None, description=TENANT_PARAMETER)
 
 

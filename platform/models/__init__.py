@@ -4,7 +4,15 @@ from flywheel.core.db import Base
 from flywheel.models.app_secrets import AppSecret  # noqa: F401
 from flywheel.models.label_quality import EmbeddingCache, LabelQualityResult, LabelQualityRun, LabelSourceStat  # noqa: F401
 from flywheel.models.records import ApiKey, Feedback, Prediction, Task, Tenant
+from flywheel.models.rights import Erasure  # noqa: F401
 from flywheel.models.slas import Alert, DriftReport, Sla, SlaChange, SlaEvaluation  # noqa: F401
-from flywheel.models.training import ChampionSlot, JobLock, JobRun, ModelVersion, TrainingRun  # noqa: F401
+from flywheel.models.training import (  # noqa: F401
+    ChampionSlot,
+    JobLock,
+    JobRun,
+    ModelTrainingRow,
+    ModelVersion,
+    TrainingRun,
+)
 
 __all__ = ["ApiKey", "Base", "Feedback", "Prediction", "Task", "Tenant"]

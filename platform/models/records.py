@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -35,6 +36,14 @@ class Tenant(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Data rights: whether the tenant's labels may train the shared models (its own variant always trains on them),
+    # how many days its predictions are kept (null: forever), and ``deleting`` while a deletion job removes it.
+    share_labels: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+
+
+TENANT_STATUSES = ("active", "deleting")
 
 
 class ApiKey(Base):

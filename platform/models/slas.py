@@ -115,7 +115,7 @@ class Alert(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     sla_id: Mapped[int | None] = mapped_column(ForeignKey("slas.id", ondelete="SET NULL"))
     evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("sla_evaluations.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(16))  # sla_status | drift
+    kind: Mapped[str] = mapped_column(String(16))  # sla_status | drift | model_tainted
     from_status: Mapped[str | None] = mapped_column(String(32))
     to_status: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(String(500))

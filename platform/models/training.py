@@ -44,9 +44,35 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Data rights: how many of the rows that trained it were erased since (or belong to a tenant that stopped
+    # sharing), when it first became tainted, and when the "tainted too long" alert went out.
+    tainted_rows: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tainted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    taint_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     task: Mapped[Task] = relationship(lazy="joined")
     tenant: Mapped[Tenant | None] = relationship(lazy="joined")
+
+    @property
+    def tainted(self) -> bool:
+        return self.tainted_at is not None
+
+
+class ModelTrainingRow(Base):
+    """One prediction that trained one model version: the lineage that erasure follows.
+
+    A row per (model, prediction) rather than the id list in the artifact's ``lineage.json``: erasing a record
+    must find every model it trained with one indexed query (``prediction_id``), without reading artifacts that
+    may sit on a remote store. Erasure deletes the rows of the records it removes and counts them on the model
+    (``tainted_rows``), so the table only ever holds ids of records that still exist. Holdout rows evaluate but
+    never train, so they are not recorded.
+    """
+
+    __tablename__ = "model_training_rows"
+    __table_args__ = (Index("ix_model_training_rows_prediction_id", "prediction_id"),)
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True)
 
 
 class ChampionSlot(Base):

@@ -122,7 +122,7 @@ class AlertOut(BaseModel):
     id: int
     tenant: str
     task: str
-    kind: Literal["sla_status", "drift"]
+    kind: Literal["sla_status", "drift", "model_tainted"]
     from_status: str | None
     to_status: str
     message: str

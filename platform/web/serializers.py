@@ -24,7 +24,15 @@ def task_out(task: Task) -> TaskOut:
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
-    return TenantOut(slug=tenant.slug, name=tenant.name, webhook_url=tenant.webhook_url, created_at=tenant.created_at)
+    return TenantOut(
+        slug=tenant.slug,
+        name=tenant.name,
+        webhook_url=tenant.webhook_url,
+        created_at=tenant.created_at,
+        share_labels=tenant.share_labels,
+        retention_days=tenant.retention_days,
+        status=tenant.status,  # type: ignore[arg-type]
+    )
 
 
 def key_out(key: ApiKey) -> KeyOut:

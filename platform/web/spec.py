@@ -68,7 +68,7 @@ class Operation:
     scope: str | None
     body: type[BaseModel] | tuple[type[BaseModel], ...] | None
     query: type[BaseModel] | None
-    responses: dict[int, type[BaseModel] | str | None]
+    responses: dict[int, type[BaseModel] | str | tuple[str, ...] | None]
     description: str = ""
     path_params: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     errors: tuple[int, ...] = ()
@@ -211,7 +211,7 @@ def operation(
     *,
     summary: str,
     scope: str | None,
-    responses: dict[int, type[BaseModel] | str | None],
+    responses: dict[int, type[BaseModel] | str | tuple[str, ...] | None],
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     tag: str | None = None,
@@ -340,10 +340,11 @@ def _parameters(op: Operation, components: _Components) -> list[dict[str, Any]]:
 def _responses(op: Operation, components: _Components) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, resp in op.responses.items():
-        if isinstance(resp, str):
+        if isinstance(resp, str | tuple):  # media types other than JSON (one, or one of several)
+            types = (resp,) if isinstance(resp, str) else resp
             responses[str(status)] = {
                 "description": HTTPStatus(status).phrase,
-                "content": {resp: {"schema": {"type": "string"}}},
+                "content": {t: {"schema": {"type": "string"}} for t in types},
             }
         elif resp is None:
             responses[str(status)] = {"description": "no body"}

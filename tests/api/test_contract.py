@@ -54,6 +54,7 @@ EXAMPLES = int(os.environ.get("FLYWHEEL_CONTRACT_EXAMPLES", "30"))
 SEED = 20261127
 PROTECTED_KEYS = ("900001", "900002")  # the admin's and the tenant's key ids
 VICTIM_KEY = 900_003
+VICTIM_TENANT = "victim"
 
 
 class _StubClassifier:
@@ -94,8 +95,9 @@ def _seed(db: Database) -> tuple[dict[str, str], dict[str, list[Any]]]:
     with feedback, a training run, an SLA with an evaluation, a drift report, an alert, and the keys."""
     with db.session() as session:
         acme, globex = Tenant(slug="acme", name="Acme Corp"), Tenant(slug="globex", name="Globex")
+        victim = Tenant(slug=VICTIM_TENANT, name="To be deleted")  # the one `DELETE /v1/tenants/{tenant}` deletes
         task = Task(name="intent", labels=LABELS, label_descriptions={}, description="")
-        session.add_all([acme, globex, task])
+        session.add_all([acme, globex, victim, task])
         session.flush()
         zero_shot_id = ensure_zero_shot(session, task).id
         # Ids the fuzzer will not revoke by accident (`DELETE /v1/keys/{key_id}` draws small integers too).
@@ -286,10 +288,30 @@ def _as_a_client_would(who: str, prediction_ids: list[str]) -> Any:
             item["prediction_id"] = prediction_ids[len(str(item.get("prediction_id"))) % len(prediction_ids)]
             item["label"] = label_of(item.get("label"))
 
+    def keep_seeded_data(case: Any) -> None:
+        """Erasure and tenant deletion, in any mode, never touch what the rest of the run relies on: the seeded
+        predictions (feedback refers to them) and the tenants the keys belong to. They erase and delete victims."""
+        op, path, body = case.method.upper(), case.operation.path, case.body
+        if (op, path) == ("DELETE", "/v1/predictions/{prediction_id}"):
+            if case.path_parameters.get("prediction_id") in prediction_ids:
+                case.path_parameters["prediction_id"] = "victim-prediction"
+        elif (op, path) == ("POST", "/v1/erasure") and isinstance(body, dict):
+            if isinstance(body.get("prediction_ids"), list):
+                body["prediction_ids"] = [
+                    p if p not in prediction_ids else "victim-prediction" for p in body["prediction_ids"]
+                ]
+        elif (op, path) == ("DELETE", "/v1/tenants/{tenant}"):
+            positive = case.meta is not None and case.meta.generation.mode.is_positive
+            if positive or case.path_parameters.get("tenant") in ("acme", "globex"):
+                case.path_parameters["tenant"] = VICTIM_TENANT
+            if positive and isinstance(body, dict) and isinstance(body.get("confirm"), str):
+                body["confirm"] = VICTIM_TENANT
+
     def before_call(context: Any, case: Any, kwargs: Any) -> None:
         if case.operation.path == "/v1/keys/{key_id}" and str(case.path_parameters.get("key_id")) in PROTECTED_KEYS:
             # Ids seen in responses (GET /v1/keys) feed later requests: never revoke the keys the run signs with.
             case.path_parameters["key_id"] = VICTIM_KEY
+        keep_seeded_data(case)
         meta = case.meta
         if meta is None or not meta.generation.mode.is_positive or not isinstance(case.body, dict):
             return

@@ -11,13 +11,17 @@ from datetime import UTC, datetime
 import pytest
 from alembic import command
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.core.migrate import alembic_config, is_current
 from flywheel.domain import partitions
+from flywheel.domain.erasure import run_retention
+from flywheel.models.records import Task
+from flywheel.models.rights import Erasure
+from flywheel.models.training import ModelTrainingRow, ModelVersion
 from flywheel.scheduler import housekeeping
 
 from support import World, prediction
@@ -109,18 +113,33 @@ def test_retention_drops_whole_months_and_what_points_at_them(client: FlaskClien
     fb = {"id": "f9", "prediction_id": "m9", "label": "exchange_rate", "source": "end_user"}
     response = client.post("/v1/feedback", json={"feedback": [fb]}, headers=world.auth(world.acme_ingest))
     assert response.status_code in (200, 201), response.get_json()
+    with world.db.session() as session:  # a model that trained on September's row
+        task_id = session.scalar(select(Task.id))
+        model = ModelVersion(task_id=task_id, version="intent-shared-1", rung="few_shot", status="champion", metrics={})
+        session.add(model)
+        session.flush()
+        m9 = session.scalar(text("SELECT id FROM predictions WHERE client_id = 'm9'"))
+        session.add(ModelTrainingRow(model_id=model.id, prediction_id=m9))
     settings = Settings(database_url=world.db.url, retention_days=39, partition_months_ahead=0)
-    result = housekeeping(world.db, settings, now=datetime(2026, 12, 10, tzinfo=UTC))  # cutoff: November 1st
+    now = datetime(2026, 12, 10, tzinfo=UTC)  # cutoff: November 1st
+    result = housekeeping(world.db, settings, now=now)
     assert {"predictions_y2026m09", "predictions_y2026m10"} <= set(result["partitions_dropped"])
     assert not any(name >= "predictions_y2026m11" for name in result["partitions_dropped"])
-    assert result["predictions_removed"] == 3  # two months, and the row in the default partition
+    assert result["predictions_removed"] == 2  # two whole months; the default partition's rows go row by row
+    with world.db.session() as session:
+        assert session.get(ModelVersion, model.id).tainted_rows == 1  # type: ignore[union-attr]
+        audit = session.scalars(select(Erasure).where(Erasure.reason == "retention")).all()
+    assert sorted(a.counts["partition"] for a in audit) == ["predictions_y2026m09", "predictions_y2026m10"]
+    assert all(a.id_hashes == [] and a.counts["predictions"] == 1 for a in audit)
+    assert run_retention(world.db, now=now, default_days=39)["predictions"] == 1  # the ancient row, as an erasure
     with world.db.engine.connect() as conn:
         left = sorted(conn.execute(text("SELECT client_id FROM predictions")).scalars())
         keys = sorted(conn.execute(text("SELECT client_id FROM prediction_keys")).scalars())
         feedback = conn.execute(text("SELECT count(*) FROM feedback")).scalar_one()
+        lineage = conn.execute(text("SELECT count(*) FROM model_training_rows")).scalar_one()
         tables = conn.execute(text("SELECT to_regclass('predictions_y2026m09')")).scalar()
     assert left == keys == ["m11", "m12"]
-    assert feedback == 0 and tables is None
+    assert feedback == 0 and lineage == 0 and tables is None
     _post(client, world, [prediction("m9", created_at="2026-12-01T00:00:00Z")])  # its key is free again
 
 
