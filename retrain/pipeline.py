@@ -117,6 +117,7 @@ class RunMetrics:
     alternatives: dict[str, gate.Metrics]  # the other rungs' overall holdout metrics
     training: dict[str, Any]
     optimization: OptimizationCheck | None
+    gate: dict[str, Any] = field(default_factory=dict)  # the paired comparisons: ``gate_record``
 
     def to_dict(self) -> dict[str, Any]:
         champion = self.champion.evaluation
@@ -129,6 +130,7 @@ class RunMetrics:
             "alternatives": self.alternatives,
             "training": self.training,
             "optimization": self.optimization.to_dict() if self.optimization is not None else None,
+            "gate": self.gate,
         }
 
 
@@ -162,9 +164,9 @@ def train_and_gate(
 
     report(0.87, "evaluating on the holdout", force=True)
     policy = gate_policy(settings)
-    best = best_candidate(candidates, policy.metric)
     champion = evaluate_champion(inputs)
-    decision = judge(inputs, best, champion, policy)
+    judged = [(c, judge(inputs, c, champion, policy)) for c in candidates]
+    best, decision = best_candidate(judged, policy.metric)
     optimization = check_optimized(best, inputs.data.holdout, report)
     metrics = RunMetrics(
         rung=best.rung,
@@ -174,6 +176,7 @@ def train_and_gate(
         alternatives={c.rung: c.evaluation.overall for c in candidates if c is not best},
         training=best.training_summary(),
         optimization=optimization,
+        gate=gate_record(judged, best, decision, policy.metric),
     )
 
     report(0.93, "saving the model", force=True)
@@ -335,9 +338,38 @@ def gate_policy(settings: Settings) -> gate.GatePolicy:
     )
 
 
-def best_candidate(candidates: list[Candidate], metric: str) -> Candidate:
-    """The richer rung must beat the frozen head on the holdout, or the head is the candidate (ties keep the head)."""
-    return max(candidates, key=lambda c: c.evaluation.value(metric) or 0.0)
+def best_candidate(judged: list[tuple[Candidate, gate.Decision]], metric: str) -> tuple[Candidate, gate.Decision]:
+    """The best candidate by the gate's rule: one the gate promotes before one it refuses, then the highest lower
+    bound of the paired difference with the champion (the one most surely better), or, with no champion to pair
+    with, the highest holdout value. Ties keep the earlier, cheaper rung (the frozen head before fine-tuning)."""
+
+    def rank(item: tuple[Candidate, gate.Decision]) -> tuple[bool, float]:
+        candidate, decision = item
+        if decision.paired is not None:
+            return decision.promote, decision.paired.overall.ci_low
+        return decision.promote, candidate.evaluation.value(metric) or 0.0
+
+    return max(judged, key=rank)
+
+
+def gate_record(
+    judged: list[tuple[Candidate, gate.Decision]], best: Candidate, decision: gate.Decision, metric: str
+) -> dict[str, Any]:
+    """What the run's ``decision`` carries: the chosen candidate's paired comparison with the champion (overall and
+    per tenant; None without a champion) and every candidate's, with what the gate said of each."""
+    return {
+        "paired": decision.paired.to_dict() if decision.paired is not None else None,
+        "candidates": [
+            {
+                "rung": c.rung,
+                "value": c.evaluation.value(metric),
+                "verdict": d.name,
+                "chosen": c is best,
+                "paired": d.paired.to_dict() if d.paired is not None else None,
+            }
+            for c, d in judged
+        ],
+    }
 
 
 def evaluate_champion(inputs: RunInputs) -> ChampionEvaluation:
@@ -369,7 +401,7 @@ def judge(inputs: RunInputs, best: Candidate, champion: ChampionEvaluation, poli
     )
     if champion.note is None:
         return decision
-    return gate.Decision(decision.promote, [*decision.reasons, champion.note])
+    return gate.Decision(decision.promote, [*decision.reasons, champion.note], decision.paired)
 
 
 def check_optimized(best: Candidate, holdout: LabeledSet, report: Report) -> OptimizationCheck | None:

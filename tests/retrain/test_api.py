@@ -104,7 +104,7 @@ def test_a_promotion_reaches_a_running_app_without_restart(world: World, rs: Set
         == zero.version
     )
 
-    add_labeled(world.db, "acme", 120, seed=11)
+    add_labeled(world.db, "acme", 400, seed=11)  # a holdout of about 100: enough for the paired gate
     with world.db.session() as session:
         task = session.scalar(select(Task).where(Task.name == TASK))
         assert task is not None
