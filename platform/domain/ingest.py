@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.core.db import UTCDateTime, connection_of, driver_execute, utcnow
 from flywheel.core.errors import Conflict, Unprocessable
+from flywheel.domain import labeling_rules
 from flywheel.domain.effective import apply_rule
 from flywheel.domain.holdout import holdout_bucket
 from flywheel.domain.schemas import FeedbackIn, PredictionIn
@@ -300,7 +301,24 @@ def ingest_predictions(
         if first[item.id] == i
     ]
     accepted = _store(db, Prediction, tenant_id, rows, "prediction")
+    if accepted:
+        _vote_by_rules(db, tenant_id, rows)
     return IngestResult(accepted=accepted, duplicates=len(items) - accepted)
+
+
+def _vote_by_rules(db: Connection | Session, tenant_id: int, rows: list[dict[str, Any]]) -> None:
+    """New predictions of tasks with labeling rules get the rules' votes now (one query when there are none)."""
+    task_ids = sorted({row["task_id"] for row in rows})
+    if not labeling_rules.matchers_for(db, task_ids, tenant_id):
+        return
+    ids = list(
+        db.scalars(
+            select(Prediction.id).where(
+                Prediction.tenant_id == tenant_id, Prediction.client_id.in_([row["client_id"] for row in rows])
+            )
+        )
+    )
+    labeling_rules.apply_rules(db, tenant_id, ids)
 
 
 def ingest_feedback(
