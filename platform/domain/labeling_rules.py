@@ -242,13 +242,14 @@ def rule_stats(session: Session, task_id: int, tenant_id: int | None) -> dict[st
     ):
         votes[pid][str(name)] = label
     human = exists().where(Feedback.prediction_id == Prediction.id, Feedback.source != RULE_SOURCE)
-    truth = dict(
-        session.execute(
+    truth = {
+        pid: label
+        for pid, label in session.execute(
             select(Prediction.id, Prediction.effective_label).where(
                 *scope, Prediction.effective_label.is_not(None), Prediction.label_discarded.is_(False), human
             )
-        ).tuples()
-    )
+        )
+    }
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # votes, checked, right, conflicts
     for pid, by_rule in votes.items():
         for name, label in by_rule.items():
