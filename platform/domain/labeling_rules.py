@@ -51,6 +51,8 @@ def compile_rule(kind: str, keywords: Sequence[str] | None, pattern: str | None)
     """The regular expression of a rule; ``re.error`` for a pattern that does not compile."""
     if kind == "keywords":
         words = [r"\s+".join(re.escape(part) for part in kw.split()) for kw in keywords or () if kw.strip()]
+        if not words:  # only blank keywords: a rule that never votes
+            return re.compile(r"(?!)")
         return re.compile(rf"(?<!\w)(?:{'|'.join(words)})(?!\w)", re.IGNORECASE)
     return re.compile(pattern or "")
 

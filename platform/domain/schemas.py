@@ -376,7 +376,7 @@ class FeedbackBatch(Strict):
 # --- labeling rules -----------------------------------------------------------------------------------------------
 
 RuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-Keyword = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S"), NoNul, NO_NUL_SCHEMA]
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul, NO_NUL_SCHEMA]
 
 
 class KeywordsRuleIn(Strict):

@@ -312,6 +312,7 @@ def _as_a_client_would(who: str, prediction_ids: list[str]) -> Any:
             body["label"] = label_of(body.get("label"))
         elif label == "PUT /v1/tasks/{name}/rules" and isinstance(body.get("rules"), list):
             # Labels of the task, patterns that compile, names unique and (shared vs a tenant's) never clashing.
+            case.path_parameters["name"] = "intent"  # the labels below are this task's
             scope = "t" if who != "admin" or (case.query or {}).get("tenant") is not None else "s"
             for i, rule in enumerate(body["rules"]):
                 if isinstance(rule, dict):

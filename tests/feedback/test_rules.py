@@ -64,6 +64,7 @@ def test_keywords_match_case_insensitively_on_word_boundaries_and_regexes_as_wri
     regex = compile_rule("regex", None, r"\bRate\b")
     assert regex.search("the Rate today") and not regex.search("the rate today")
     assert compile_rule("regex", None, r"(?i)\brate\b").search("the RATE today")
+    assert not compile_rule("keywords", [" ", "\t"], None).search("anything at all")  # blank keywords never vote
 
 
 def test_put_validates_every_rule_and_names_the_bad_one(client: FlaskClient, world: World) -> None:
