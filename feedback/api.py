@@ -25,7 +25,7 @@ from flywheel.domain.schemas import (
     Strict,
 )
 from flywheel.models.records import Prediction, Task
-from flywheel.web.context import get_session, get_settings
+from flywheel.web.context import get_session, get_settings, get_tasks
 from flywheel.web.serializers import feedback_out
 from flywheel.web.spec import json_response, operation
 
@@ -332,6 +332,7 @@ def put_rules(name: str, *, principal: Principal, body: RulesIn, query: RulesQue
     replace_rules(session, task, tenant.id if tenant is not None else None, body.rules)
     out = _rules_out(session, task, tenant)
     session.commit()
+    get_tasks().forget_rules()  # this process's ingestion votes with the new rules at once
     return json_response(out)
 
 
