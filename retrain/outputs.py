@@ -57,6 +57,7 @@ class CandidateOut(BaseModel):
     paired comparison with the champion."""
 
     rung: str
+    head: str | None = Field(default=None, description="the rung, or the kind of few-shot head (knn)")
     value: float | None
     verdict: Literal["promoted", "rejected"]
     chosen: bool

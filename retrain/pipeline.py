@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The kNN head is a candidate while the training set is at most this large (it keeps every training embedding).
+KNN_MAX_TRAIN = 20_000
+
 
 class Report(Protocol):
     """Where a run's progress goes (``jobs.RunReporter`` writes it to the run's row)."""
@@ -76,6 +79,12 @@ class Candidate:
     classifier: Any
     evaluation: gate.Evaluation
     stats: FineTuneStats | None = None
+    head: str | None = None  # "knn" for the nearest-neighbour head of the few-shot rung
+
+    @property
+    def name(self) -> str:
+        """What the run records it as: the rung, or the kind of head (``knn``)."""
+        return self.head or self.rung
 
     def finished_cleanly(self) -> bool:
         return self.stats is None or self.stats.finished_cleanly()
@@ -173,7 +182,7 @@ def train_and_gate(
         metric=policy.metric,
         candidate=best.evaluation,
         champion=champion,
-        alternatives={c.rung: c.evaluation.overall for c in candidates if c is not best},
+        alternatives={c.name: c.evaluation.overall for c in candidates if c is not best},
         training=best.training_summary(),
         optimization=optimization,
         gate=gate_record(judged, best, decision, policy.metric),
@@ -257,11 +266,15 @@ def train_candidates(
     report: Report,
     fine_tune_overrides: dict[str, Any] | None,
 ) -> list[Candidate]:
-    """The few-shot head (shared models only), then the fine-tuned rung when the data supports it."""
+    """The few-shot heads (shared models only: logistic regression, and the kNN head while the training set is at
+    most ``KNN_MAX_TRAIN``), then the fine-tuned rung when the data supports it."""
     candidates: list[Candidate] = []
     if not inputs.is_variant:
-        candidates.append(train_few_shot_candidate(db, inputs))
-        report(0.15, "few-shot head trained")
+        embeddings = embeddings_for(db, inputs.data.train.texts, inputs.base)
+        candidates.append(train_few_shot_candidate(inputs, embeddings))
+        if len(inputs.data.train) <= KNN_MAX_TRAIN:
+            candidates.append(train_knn_candidate(inputs, embeddings))
+        report(0.15, "few-shot heads trained")
     if rung == "fine_tuned":
         start = 0.15 if candidates else 0.05
 
@@ -273,7 +286,7 @@ def train_candidates(
     return candidates
 
 
-def train_few_shot_candidate(db: Database, inputs: RunInputs) -> Candidate:
+def train_few_shot_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
     """Logistic regression on the cached frozen embeddings of the training texts."""
     from flywheel.retrain.classifiers import train_few_shot
 
@@ -284,10 +297,18 @@ def train_few_shot_candidate(db: Database, inputs: RunInputs) -> Candidate:
         inputs.data.labels,
         base_model=inputs.base,
         seed=0,
-        embeddings=embeddings_for(db, train.texts, inputs.base),
+        embeddings=embeddings,
         sample_weight=train.sample_weight,
     )
     return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data))
+
+
+def train_knn_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
+    """The nearest-neighbour head on the same embeddings: nothing to fit, so cheap while the set is small."""
+    from flywheel.retrain.classifiers import train_knn
+
+    head = train_knn(inputs.data.train.labels, inputs.data.labels, embeddings=embeddings, base_model=inputs.base)
+    return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data), head="knn")
 
 
 def train_fine_tuned_candidate(inputs: RunInputs, config: FineTuneConfig, progress: Progress) -> Candidate:
@@ -362,6 +383,7 @@ def gate_record(
         "candidates": [
             {
                 "rung": c.rung,
+                "head": c.name,
                 "value": c.evaluation.value(metric),
                 "verdict": d.name,
                 "chosen": c is best,
@@ -422,7 +444,7 @@ def save_artifact(settings: Settings, inputs: RunInputs, best: Candidate) -> str
     import tempfile
 
     run_id, data = inputs.run_id, inputs.data
-    name = f"run-{run_id}-{best.rung}"
+    name = f"run-{run_id}-{best.name}"
     remote = artifacts.is_remote(settings.artifacts_dir)
     root = (
         Path(tempfile.mkdtemp(prefix="flywheel-artifact-"))

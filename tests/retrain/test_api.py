@@ -118,7 +118,12 @@ def test_a_promotion_reaches_a_running_app_without_restart(world: World, rs: Set
     assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"] and paired["ci_low"] > -rs.gate_tolerance
     assert set(paired["tenants"]) == {"acme", "globex"}
     assert paired["n"] == sum(t["n"] for t in paired["tenants"].values())
-    assert [(c["rung"], c["chosen"]) for c in decision["candidates"]] == [("few_shot", True)]
+    # Every candidate is recorded with its interval; the one chosen is the one now serving.
+    heads = [(c["rung"], c["head"]) for c in decision["candidates"]]
+    assert heads == [("few_shot", "few_shot"), ("few_shot", "knn")]
+    assert all(c["paired"]["n"] == paired["n"] for c in decision["candidates"])
+    chosen = [c for c in decision["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["paired"] == {k: v for k, v in paired.items()}
     seen = web1.get(f"/v1/training-runs/{run_id}", headers=auth(world.globex_rw)).get_json()["decision"]
     assert set(seen["paired"]["tenants"]) == {"globex"} and set(seen["candidates"][0]["paired"]["tenants"]) == {
         "globex"
