@@ -18,6 +18,7 @@ accuracy of their labels. Run from the repo root: ``.venv/bin/python bench/rules
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -47,6 +48,17 @@ def rules_from_names(labels: list[str]) -> dict[str, list[str]]:
         rules += distinctive[: 3 - len(rules)]
         out[label] = rules or [" ".join(ws)]
     return out
+
+
+def rules_body(rules: dict[str, list[str]]) -> dict[str, list[dict[str, object]]]:
+    """The rules as the body of ``PUT /v1/tasks/{task}/rules``: one keywords rule per keyword."""
+    return {
+        "rules": [
+            {"name": f"{label[:50]}-{i}", "label": label, "kind": "keywords", "keywords": [kw]}
+            for label, kws in rules.items()
+            for i, kw in enumerate(kws)
+        ]
+    }
 
 
 def rule_labels(texts: list[str], rules: dict[str, list[str]]) -> list[str | None]:
@@ -110,7 +122,14 @@ def main() -> None:
     parser.add_argument("--datasets", default="banking77,clinc150")
     parser.add_argument("--cache-dir", type=Path, default=Path("var/bench-cache"), help="embedding cache")
     parser.add_argument("--show-rules", action="store_true", help="print the generated rules")
+    parser.add_argument(
+        "--write-rules", type=Path, help="only write the first dataset's rules as a PUT body (for simulate --rules)"
+    )
     args = parser.parse_args()
+    if args.write_rules is not None:
+        _, y, _, _ = load(args.datasets.split(",")[0])
+        args.write_rules.write_text(json.dumps(rules_body(rules_from_names(sorted(set(y)))), indent=1))
+        return
     print(
         f"{'dataset':<10} {'labels':>6} {'rules':>5} {'voted':>5} {'coverage':>8} {'rule acc':>8} {'n train':>7}"
         f" {'zero-shot':>9} {'rules alone':>11} {'rules->few-shot':>15}"
