@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -54,7 +55,12 @@ def rules_body(rules: dict[str, list[str]]) -> dict[str, list[dict[str, object]]
     """The rules as the body of ``PUT /v1/tasks/{task}/rules``: one keywords rule per keyword."""
     return {
         "rules": [
-            {"name": f"{label[:50]}-{i}", "label": label, "kind": "keywords", "keywords": [kw]}
+            {
+                "name": f"{re.sub(r'[^A-Za-z0-9._:-]', '-', label)[:50]}-{i}",
+                "label": label,
+                "kind": "keywords",
+                "keywords": [kw],
+            }
             for label, kws in rules.items()
             for i, kw in enumerate(kws)
         ]
