@@ -239,3 +239,10 @@ def test_a_rule_wrong_on_purpose_is_excluded_like_a_careless_person(world: World
             if " zzz" in p.text and holdout_bucket(p.client_id) >= 15
         }
         assert bogus_train and bogus_train <= excluded
+
+
+def test_the_openapi_document_describes_the_rules_endpoints(client: FlaskClient) -> None:
+    doc = client.get("/openapi.json").get_json()
+    ops = doc["paths"]["/v1/tasks/{name}/rules"]
+    assert {"get", "put"} <= set(ops)
+    assert "coverage" in str(doc["components"]) and "conflicts" in str(doc["components"])
