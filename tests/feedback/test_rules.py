@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
@@ -246,3 +246,28 @@ def test_the_openapi_document_describes_the_rules_endpoints(client: FlaskClient)
     ops = doc["paths"]["/v1/tasks/{name}/rules"]
     assert {"get", "put"} <= set(ops)
     assert "coverage" in str(doc["components"]) and "conflicts" in str(doc["components"])
+
+
+def test_labels_only_rules_gave_never_count_in_sla_figures(client: FlaskClient, world: World) -> None:
+    """SLAs measure against people's labels: a prediction only rules voted on counts as unlabeled."""
+    from flywheel.monitoring.sla import measure_window
+
+    assert client.put("/v1/tasks/intent/rules", json=RULES, headers=World.auth(world.admin)).status_code == 200
+    post(client, world.acme_rw, [("s1", "still waiting"), ("s2", "what rate"), ("s3", "when will it arrive")])
+    fb = {"feedback": [{"id": "h1", "prediction_id": "s3", "label": "card_linking", "source": "agent"}]}
+    assert client.post("/v1/feedback", json=fb, headers=World.auth(world.acme_rw)).status_code == 201
+    with world.db.session() as session:
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.slug == "acme"))
+        task_id = session.scalar(select(Task.id).where(Task.name == "intent"))
+        assert tenant_id is not None and task_id is not None
+        assert session.scalar(select(func.count()).where(Prediction.effective_label.is_not(None))) == 3
+        now = datetime.now(UTC)
+        stats = measure_window(
+            session,
+            tenant_id=tenant_id,
+            task_id=task_id,
+            metric="accuracy",
+            start=now - timedelta(days=1),
+            end=now + timedelta(minutes=1),
+        )
+    assert (stats.n_predictions, stats.n_labeled, stats.value) == (3, 1, 1.0)  # s3: predicted card_linking, right
