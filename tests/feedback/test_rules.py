@@ -5,6 +5,7 @@ excluded by the label-quality pass like a careless person."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -23,7 +24,7 @@ from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from support import LABELS, World
 from support.encoders import FakeEncoder
 
-RULES = {
+RULES: dict[str, list[dict[str, Any]]] = {
     "rules": [
         {"name": "arrival-words", "label": "card_arrival", "kind": "keywords", "keywords": ["still waiting", "arrive"]},
         {"name": "rate-regex", "label": "exchange_rate", "kind": "regex", "pattern": r"\brate\b"},
