@@ -22,11 +22,12 @@ from flywheel.domain.schemas import (
     Name,
     NoNul,
     QueryInt,
+    RulesIn,
     ShortText,
     Strict,
 )
 from flywheel.models.records import Prediction, Task
-from flywheel.web.context import get_session, get_settings
+from flywheel.web.context import get_session, get_settings, get_tasks
 from flywheel.web.serializers import feedback_out
 from flywheel.web.spec import json_response, operation
 
@@ -251,3 +252,108 @@ def get_label_quality(*, principal: Principal, query: LabelQualityQuery) -> Resp
             sources=[SourceOut(**s) for s in source_reliability(session, tenant.id, task.id)],
         )
     )
+
+
+# --- labeling rules -----------------------------------------------------------------------------------------------
+
+
+class RulesQuery(Strict):
+    tenant: Name | None = Field(
+        default=None,
+        description="admin: a tenant's own rules (default: the task's shared rules); a tenant key: its own tenant",
+    )
+
+
+class RuleOut(BaseModel):
+    """A labeling rule as given, with how it does on the logged predictions of the scope."""
+
+    name: str
+    label: str
+    kind: Literal["keywords", "regex"]
+    keywords: list[str] | None = None
+    pattern: str | None = None
+    tenant: str | None = Field(description="null: a shared rule of the task")
+    votes: int
+    coverage: float = Field(description="the share of the scope's logged predictions it votes on")
+    accuracy: float | None = Field(description="agreement with human labels where they overlap; null when none do")
+    conflicts: int = Field(description="its votes that disagree with another rule's vote on the same prediction")
+
+
+class RulesOut(BaseModel):
+    """The rules that apply to the scope: the task's shared rules, then the tenant's own."""
+
+    task: str
+    tenant: str | None
+    rules: list[RuleOut]
+
+
+def _rules_out(session: Any, task: Task, tenant: Any) -> RulesOut:
+    from flywheel.domain.labeling_rules import rule_stats, rules_in_scope
+
+    tenant_id = tenant.id if tenant is not None else None
+    stats = rule_stats(session, task.id, tenant_id)
+    out = []
+    for rule in rules_in_scope(session, task.id, tenant_id):
+        s = stats.get(rule.name)
+        out.append(
+            RuleOut(
+                name=rule.name,
+                label=rule.label,
+                kind=rule.kind,  # type: ignore[arg-type]
+                keywords=rule.keywords,
+                pattern=rule.pattern,
+                tenant=tenant.slug if rule.tenant_id is not None else None,
+                votes=s.votes if s else 0,
+                coverage=s.coverage if s else 0.0,
+                accuracy=s.accuracy if s else None,
+                conflicts=s.conflicts if s else 0,
+            )
+        )
+    return RulesOut(task=task.name, tenant=tenant.slug if tenant is not None else None, rules=out)
+
+
+def _rule_tenant(session: Any, principal: Principal, slug: str | None) -> Any:
+    """The scope of a rules request: None (the task's shared rules) for an admin naming no tenant, else a tenant."""
+    if principal.is_admin and slug is None:
+        return None
+    return principal.tenant_for(session, slug)
+
+
+@operation(
+    bp,
+    "PUT",
+    "/tasks/<name>/rules",
+    summary="Replace the labeling rules of a task (admin: shared or a tenant's; a tenant key: its own)",
+    scope="ingest",
+    body=RulesIn,
+    query=RulesQuery,
+    responses={200: RulesOut},
+)
+def put_rules(name: str, *, principal: Principal, body: RulesIn, query: RulesQuery) -> Response:
+    """The rules vote on new predictions at ingest and on older ones in the nightly back-fill; each vote is
+    feedback with ``source: rule``, ranked below every human source."""
+    from flywheel.domain.labeling_rules import replace_rules
+
+    session = get_session()
+    task = _task(session, name)
+    tenant = _rule_tenant(session, principal, query.tenant)
+    replace_rules(session, task, tenant.id if tenant is not None else None, body.rules)
+    out = _rules_out(session, task, tenant)
+    session.commit()
+    get_tasks().forget_rules()  # this process's ingestion votes with the new rules at once
+    return json_response(out)
+
+
+@operation(
+    bp,
+    "GET",
+    "/tasks/<name>/rules",
+    summary="The labeling rules of a task with their coverage, accuracy and conflicts",
+    scope="read",
+    query=RulesQuery,
+    responses={200: RulesOut},
+)
+def get_rules(name: str, *, principal: Principal, query: RulesQuery) -> Response:
+    session = get_session()
+    task = _task(session, name)
+    return json_response(_rules_out(session, task, _rule_tenant(session, principal, query.tenant)))

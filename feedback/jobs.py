@@ -299,3 +299,21 @@ def label_quality_pass(
         except Exception:
             log.exception("label-quality pass failed for %s/%s", slug, name)
     return run_ids
+
+
+def rules_backfill(db: Database) -> int:
+    """The nightly back-fill of labeling rules: every task's current rules vote on all of its logged predictions
+    (the votes of changed or removed rules go), one transaction per task, before the label-quality pass reads the
+    votes. Returns the number of votes added."""
+    from flywheel.domain.labeling_rules import backfill_rules, tasks_with_rules
+
+    with db.session() as session:
+        task_ids = tasks_with_rules(session)
+    added = 0
+    for task_id in task_ids:
+        try:
+            with db.session() as session:
+                added += backfill_rules(session, task_id)
+        except Exception:
+            log.exception("labeling-rule back-fill failed for task %s", task_id)
+    return added

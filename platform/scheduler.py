@@ -151,10 +151,13 @@ def run_once(db: Database, job_id: str, fire_key: str, owner: str, fn: Callable[
 
 
 def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
-    """The nightly work before training: the label-quality pass (so tonight's training set leaves out the label
-    issues it finds), then one queued training run per task and eligible tenant. Returns the queued run ids."""
+    """The nightly work before training: the labeling-rule back-fill, the label-quality pass (so tonight's
+    training set leaves out the label issues it finds), then one queued training run per task and eligible
+    tenant. Returns the queued run ids."""
+    from flywheel.feedback.jobs import rules_backfill
     from flywheel.retrain.jobs import nightly_retrain
 
+    rules_backfill(db)  # labeling rules vote on older predictions first: the pass and training read the votes
     if settings.label_quality_enabled:
         from flywheel.feedback.jobs import label_quality_pass
 
@@ -380,7 +383,10 @@ class SchedulerService:
 
     def nightly(self) -> Any:
         if self.celery is not None:
+            from flywheel.feedback.jobs import rules_backfill
             from flywheel.worker import dispatch_nightly
+
+            rules_backfill(self.db)
 
             return {"label_quality_scopes": dispatch_nightly(self.db, self.settings, self.celery)}
         queued = nightly_pipeline(self.db, self.settings)

@@ -267,6 +267,82 @@ def train_few_shot(
     )
 
 
+#: Neighbours that vote in the kNN head, and the temperature of their similarity weights.
+KNN_K = 10
+KNN_TEMPERATURE = 0.05
+
+
+@dataclass
+class KnnClassifier:
+    """Frozen base-encoder embeddings + nearest neighbours: the ``k`` training examples most cosine-similar to a
+    text vote for their labels, weighted by ``exp(similarity / temperature)``. A few-shot head of another kind:
+    nothing to fit, and often better than the linear head while the training set is small. Labels with no
+    example keep probability 0."""
+
+    labels: list[str]
+    memory: np.ndarray  # (N, D) unit-norm training embeddings
+    targets: np.ndarray  # (N,) label indices into ``labels``
+    k: int = KNN_K
+    base_model: str | None = None
+    train_info: dict[str, Any] = field(default_factory=dict)
+    rung: str = "few_shot"
+    head: str = "knn"
+
+    def predict_proba_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)`` from precomputed ``(N, D)`` text embeddings."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-9, None)
+        k = min(self.k, len(self.memory))
+        out = np.zeros((len(x), len(self.labels)), dtype=np.float64)
+        for start in range(0, len(x), 1024):
+            sims = x[start : start + 1024] @ self.memory.T  # (B, N)
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            s = np.take_along_axis(sims, top, axis=1)
+            w = np.exp((s - s.max(axis=1, keepdims=True)) / KNN_TEMPERATURE)
+            rows = np.repeat(np.arange(len(top)), k)
+            np.add.at(out[start : start + 1024], (rows, self.targets[top].ravel()), w.ravel())
+        return out / out.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        from flywheel.domain.encoder import load_encoder
+
+        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
+        return self.predict_proba_embeddings(emb)
+
+    def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / "knn.npz", memory=self.memory.astype(np.float32), targets=self.targets.astype(np.int32))
+        own = {
+            "rung": self.rung,
+            "head": self.head,
+            "k": self.k,
+            "labels": self.labels,
+            "base_model": self.base_model,
+            **self.train_info,
+        }
+        _write_metadata(path, own, metadata)
+
+
+def train_knn(
+    y: Sequence[Any] | np.ndarray,
+    labels: Sequence[str],
+    *,
+    embeddings: np.ndarray,
+    base_model: str | Path | None = None,
+    k: int = KNN_K,
+) -> KnnClassifier:
+    """The kNN head over ``(N, D)`` training embeddings (the cached ones) and their labels."""
+    labels = list(labels)
+    idx = label_indices(y, labels)
+    memory = np.asarray(embeddings, dtype=np.float32)
+    if memory.shape[0] != len(idx) or len(idx) == 0:
+        raise ValueError(f"{memory.shape[0]} embeddings but {len(idx)} labels")
+    memory = memory / np.clip(np.linalg.norm(memory, axis=1, keepdims=True), 1e-9, None)
+    info = {"train_samples": len(idx), "train_labels_present": len(np.unique(idx))}
+    return KnnClassifier(labels, memory, idx.astype(np.int64), k, base_name(base_model), info)
+
+
 def _frozen_features(
     texts: Sequence[str], embeddings: np.ndarray | None, base_model: str | Path | None, *, n: int
 ) -> np.ndarray:
@@ -488,7 +564,7 @@ def _load_optimized(clf: FineTunedClassifier, path: Path) -> FineTunedClassifier
 
 def load_classifier(
     directory: str | Path, *, device: str | None = None, optimize: bool = False
-) -> ZeroShotClassifier | FewShotClassifier | FineTunedClassifier:
+) -> ZeroShotClassifier | FewShotClassifier | KnnClassifier | FineTunedClassifier:
     """Load any rung from its directory.
 
     ``optimize=True`` returns the optimized variant of a fine-tuned model (ONNX Runtime INT8) on CPU only when its
@@ -506,6 +582,11 @@ def load_classifier(
             base_model=meta.get("base_model"),
             descriptions=dict(meta.get("descriptions") or {}),
             scale=float(meta.get("scale", ZERO_SHOT_SCALE)),
+        )
+    if rung == "few_shot" and meta.get("head") == "knn":
+        knn = np.load(path / "knn.npz")
+        return KnnClassifier(
+            labels, knn["memory"], knn["targets"].astype(np.int64), int(meta["k"]), meta.get("base_model")
         )
     if rung == "few_shot":
         head = np.load(path / "head.npz")

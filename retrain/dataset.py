@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.encoder import load_encoder
 from flywheel.domain.holdout import is_holdout
-from flywheel.domain.training_labels import excluded_prediction_ids, training_weights
+from flywheel.domain.training_labels import excluded_prediction_ids, rule_only, training_weights
 from flywheel.models.records import Prediction, Task, Tenant
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
             Prediction.content_hash,
             Prediction.tenant_id,
             Tenant.slug,
+            rule_only(),
         )
         .join(Tenant, Tenant.id == Prediction.tenant_id)
         .where(
@@ -129,11 +130,12 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
     verdicts: dict[int, tuple[set[int], dict[int, float]]] = {}
     train, holdout = LabeledSet(), LabeledSet()
     excluded = 0
-    for pid, text, label, bucket, chash, tid, slug in rows:
+    for pid, text, label, bucket, chash, tid, slug, by_rules_alone in rows:
         if label not in valid:
             continue
         if is_holdout(bucket, holdout_percent):
-            holdout.add(pid, text, label, slug, chash)
+            if not by_rules_alone:  # the holdout measures against people's labels; a rule-only one is left out
+                holdout.add(pid, text, label, slug, chash)
             continue
         if tid not in verdicts:
             verdicts[tid] = label_verdicts(session, tid, task.id)

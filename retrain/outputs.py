@@ -40,6 +40,43 @@ class ModelOut(BaseModel):
     tainted_rows: int = Field(default=0, description="how many of the rows that trained it are gone")
 
 
+class PairedOut(BaseModel):
+    """Candidate minus champion on the same holdout items, with its bootstrap 95% interval."""
+
+    metric: str
+    difference: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+class PairedComparisonOut(PairedOut):
+    """The paired comparison overall, and the same per tenant (a tenant key sees its own)."""
+
+    tenants: dict[str, PairedOut] = Field(default_factory=dict)
+
+
+class CandidateOut(BaseModel):
+    """One candidate a run trained: its holdout value of the gate's metric, what the gate said of it, and its
+    paired comparison with the champion."""
+
+    rung: str
+    head: str | None = Field(default=None, description="the rung, or the kind of few-shot head (knn)")
+    value: float | None
+    verdict: Literal["promoted", "rejected"]
+    chosen: bool
+    paired: PairedComparisonOut | None
+
+
+class RunDecision(BaseModel):
+    """The gate's decision on a finished run: ``outcome``, the chosen candidate's paired comparison with the
+    champion (null without a champion or for a skipped run) and every candidate."""
+
+    outcome: Literal["promoted", "rejected", "skipped"]
+    paired: PairedComparisonOut | None = None
+    candidates: list[CandidateOut] = Field(default_factory=list)
+
+
 class TrainingRunOut(BaseModel):
     id: int
     task: str
@@ -50,7 +87,7 @@ class TrainingRunOut(BaseModel):
     progress: float
     message: str | None
     metrics: dict[str, Any]
-    decision: str | None
+    decision: RunDecision | None
     reasons: list[str]
     model_id: int | None
     model_version: str | None
@@ -108,6 +145,9 @@ def run_out(session: Session, principal: Principal, r: TrainingRun) -> TrainingR
         reasons = [
             x for x in reasons if not x.startswith("tenant ") or x.startswith(f"tenant {principal.tenant_slug}:")
         ]
+    metrics = dict(r.metrics or {})
+    record = metrics.pop("gate", None) or {}
+    decision = RunDecision(outcome=r.decision, **_scoped(principal, record)) if r.decision else None  # type: ignore[arg-type]
     return TrainingRunOut(
         id=r.id,
         task=r.task.name,
@@ -117,8 +157,8 @@ def run_out(session: Session, principal: Principal, r: TrainingRun) -> TrainingR
         rung=r.rung,
         progress=r.progress,
         message=r.message,
-        metrics=_scoped(principal, r.metrics or {}),
-        decision=r.decision,
+        metrics=_scoped(principal, metrics),
+        decision=decision,
         reasons=reasons,
         model_id=r.model_id,
         model_version=version,

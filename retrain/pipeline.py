@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The kNN head is a candidate while the training set is at most this large (it keeps every training embedding).
+KNN_MAX_TRAIN = 20_000
+
 
 class Report(Protocol):
     """Where a run's progress goes (``jobs.RunReporter`` writes it to the run's row)."""
@@ -76,6 +79,12 @@ class Candidate:
     classifier: Any
     evaluation: gate.Evaluation
     stats: FineTuneStats | None = None
+    head: str | None = None  # "knn" for the nearest-neighbour head of the few-shot rung
+
+    @property
+    def name(self) -> str:
+        """What the run records it as: the rung, or the kind of head (``knn``)."""
+        return self.head or self.rung
 
     def finished_cleanly(self) -> bool:
         return self.stats is None or self.stats.finished_cleanly()
@@ -117,6 +126,7 @@ class RunMetrics:
     alternatives: dict[str, gate.Metrics]  # the other rungs' overall holdout metrics
     training: dict[str, Any]
     optimization: OptimizationCheck | None
+    gate: dict[str, Any] = field(default_factory=dict)  # the paired comparisons: ``gate_record``
 
     def to_dict(self) -> dict[str, Any]:
         champion = self.champion.evaluation
@@ -129,6 +139,7 @@ class RunMetrics:
             "alternatives": self.alternatives,
             "training": self.training,
             "optimization": self.optimization.to_dict() if self.optimization is not None else None,
+            "gate": self.gate,
         }
 
 
@@ -162,18 +173,19 @@ def train_and_gate(
 
     report(0.87, "evaluating on the holdout", force=True)
     policy = gate_policy(settings)
-    best = best_candidate(candidates, policy.metric)
     champion = evaluate_champion(inputs)
-    decision = judge(inputs, best, champion, policy)
+    judged = [(c, judge(inputs, c, champion, policy)) for c in candidates]
+    best, decision = best_candidate(judged, policy.metric)
     optimization = check_optimized(best, inputs.data.holdout, report)
     metrics = RunMetrics(
         rung=best.rung,
         metric=policy.metric,
         candidate=best.evaluation,
         champion=champion,
-        alternatives={c.rung: c.evaluation.overall for c in candidates if c is not best},
+        alternatives={c.name: c.evaluation.overall for c in candidates if c is not best},
         training=best.training_summary(),
         optimization=optimization,
+        gate=gate_record(judged, best, decision, policy.metric),
     )
 
     report(0.93, "saving the model", force=True)
@@ -259,11 +271,15 @@ def train_candidates(
     report: Report,
     fine_tune_overrides: dict[str, Any] | None,
 ) -> list[Candidate]:
-    """The few-shot head (shared models only), then the fine-tuned rung when the data supports it."""
+    """The few-shot heads (shared models only: logistic regression, and the kNN head while the training set is at
+    most ``KNN_MAX_TRAIN``), then the fine-tuned rung when the data supports it."""
     candidates: list[Candidate] = []
     if not inputs.is_variant:
-        candidates.append(train_few_shot_candidate(db, inputs))
-        report(0.15, "few-shot head trained")
+        embeddings = embeddings_for(db, inputs.data.train.texts, inputs.base)
+        candidates.append(train_few_shot_candidate(inputs, embeddings))
+        if len(inputs.data.train) <= KNN_MAX_TRAIN:
+            candidates.append(train_knn_candidate(inputs, embeddings))
+        report(0.15, "few-shot heads trained")
     if rung == "fine_tuned":
         start = 0.15 if candidates else 0.05
 
@@ -275,7 +291,7 @@ def train_candidates(
     return candidates
 
 
-def train_few_shot_candidate(db: Database, inputs: RunInputs) -> Candidate:
+def train_few_shot_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
     """Logistic regression on the cached frozen embeddings of the training texts."""
     from flywheel.retrain.classifiers import train_few_shot
 
@@ -286,10 +302,18 @@ def train_few_shot_candidate(db: Database, inputs: RunInputs) -> Candidate:
         inputs.data.labels,
         base_model=inputs.base,
         seed=0,
-        embeddings=embeddings_for(db, train.texts, inputs.base),
+        embeddings=embeddings,
         sample_weight=train.sample_weight,
     )
     return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data))
+
+
+def train_knn_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
+    """The nearest-neighbour head on the same embeddings: nothing to fit, so cheap while the set is small."""
+    from flywheel.retrain.classifiers import train_knn
+
+    head = train_knn(inputs.data.train.labels, inputs.data.labels, embeddings=embeddings, base_model=inputs.base)
+    return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data), head="knn")
 
 
 def train_fine_tuned_candidate(inputs: RunInputs, config: FineTuneConfig, progress: Progress) -> Candidate:
@@ -340,9 +364,39 @@ def gate_policy(settings: Settings) -> gate.GatePolicy:
     )
 
 
-def best_candidate(candidates: list[Candidate], metric: str) -> Candidate:
-    """The richer rung must beat the frozen head on the holdout, or the head is the candidate (ties keep the head)."""
-    return max(candidates, key=lambda c: c.evaluation.value(metric) or 0.0)
+def best_candidate(judged: list[tuple[Candidate, gate.Decision]], metric: str) -> tuple[Candidate, gate.Decision]:
+    """The best candidate by the gate's rule: one the gate promotes before one it refuses, then the highest lower
+    bound of the paired difference with the champion (the one most surely better), or, with no champion to pair
+    with, the highest holdout value. Ties keep the earlier, cheaper rung (the frozen head before fine-tuning)."""
+
+    def rank(item: tuple[Candidate, gate.Decision]) -> tuple[bool, float]:
+        candidate, decision = item
+        if decision.paired is not None:
+            return decision.promote, decision.paired.overall.ci_low
+        return decision.promote, candidate.evaluation.value(metric) or 0.0
+
+    return max(judged, key=rank)
+
+
+def gate_record(
+    judged: list[tuple[Candidate, gate.Decision]], best: Candidate, decision: gate.Decision, metric: str
+) -> dict[str, Any]:
+    """What the run's ``decision`` carries: the chosen candidate's paired comparison with the champion (overall and
+    per tenant; None without a champion) and every candidate's, with what the gate said of each."""
+    return {
+        "paired": decision.paired.to_dict() if decision.paired is not None else None,
+        "candidates": [
+            {
+                "rung": c.rung,
+                "head": c.name,
+                "value": c.evaluation.value(metric),
+                "verdict": d.name,
+                "chosen": c is best,
+                "paired": d.paired.to_dict() if d.paired is not None else None,
+            }
+            for c, d in judged
+        ],
+    }
 
 
 def evaluate_champion(inputs: RunInputs) -> ChampionEvaluation:
@@ -374,7 +428,7 @@ def judge(inputs: RunInputs, best: Candidate, champion: ChampionEvaluation, poli
     )
     if champion.note is None:
         return decision
-    return gate.Decision(decision.promote, [*decision.reasons, champion.note])
+    return gate.Decision(decision.promote, [*decision.reasons, champion.note], decision.paired)
 
 
 def check_optimized(best: Candidate, holdout: LabeledSet, report: Report) -> OptimizationCheck | None:
@@ -395,7 +449,7 @@ def save_artifact(settings: Settings, inputs: RunInputs, best: Candidate) -> str
     import tempfile
 
     run_id, data = inputs.run_id, inputs.data
-    name = f"run-{run_id}-{best.rung}"
+    name = f"run-{run_id}-{best.name}"
     remote = artifacts.is_remote(settings.artifacts_dir)
     root = (
         Path(tempfile.mkdtemp(prefix="flywheel-artifact-"))

@@ -64,6 +64,11 @@ from sim.scenario import ARMS, SimConfig
     help="Reviewer decisions per simulated day and task (true labels): the review queue's first items in the "
     "cleaned arm, a random spot-check of labeled items in the uncleaned arm.",
 )
+@click.option(
+    "--rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON {"rules": [...]}: labeling rules put on the task on day 0 (bench/rules.py --write-rules makes one).',
+)
 @click.option("--arms", default=",".join(ARMS), show_default=True)
 def simulate_command(**opts: Any) -> None:
     """Replay labeled text as production traffic through a running server, over simulated days."""
@@ -108,5 +113,6 @@ def config_from_options(opts: dict[str, Any]) -> SimConfig:
         test_limit=opts["test_limit"],
         arms=arms,
         review_budget=opts["review_budget"],
+        rules=opts.get("rules"),
         settings={"fine_tune_min_labels": opts["fine_tune_min_labels"]},
     )

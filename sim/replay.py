@@ -5,6 +5,7 @@ Each stage returns a typed record; ``DayRow`` gathers one day's records into the
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,8 +141,11 @@ def run_arm(
 
 
 def set_up_customers(api: ApiClient, cfg: SimConfig, plan: Plan) -> None:
-    """Day 0's set-up by an admin: the task (its zero-shot model serves at once), the tenants, their keys and SLAs."""
+    """Day 0's set-up by an admin: the task (its zero-shot model serves at once) and its labeling rules (with
+    ``--rules``), the tenants, their keys and SLAs."""
     api.call("POST", "/v1/tasks", api.admin, {"name": TASK, "labels": plan.labels})
+    if cfg.rules is not None:  # the customer's labeling rules, before any traffic: they vote from the first request
+        api.call("PUT", f"/v1/tasks/{TASK}/rules", api.admin, json.loads(cfg.rules.read_text()))
     sla = {
         "metric": "accuracy",
         "threshold": cfg.sla_threshold,

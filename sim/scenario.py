@@ -38,6 +38,7 @@ class SimConfig:
     sla_min_labeled: int = 30
     arms: tuple[str, ...] = ARMS
     review_budget: int = 0  # reviewer decisions per simulated day, per task, in the cleaned and uncleaned arms
+    rules: Path | None = None  # a JSON file {"rules": [...]}: the task's labeling rules, put on day 0
     settings: dict[str, Any] = field(default_factory=dict)  # Settings overrides (ladder thresholds, base model…)
 
 

@@ -46,7 +46,7 @@ class Settings:
     early_retrain_new_labels: int = 1000
     base_model: str = ""  # a local save_pretrained directory; empty means the packaged all-MiniLM-L6-v2
     gate_metric: str = "accuracy"
-    gate_tolerance: float = 0.005
+    gate_tolerance: float = 0.02  # the paired interval's lower bound must be above -gate_tolerance
     gate_tenant_tolerance: float = 0.02
     gate_min_tenant_holdout: int = 20
     early_retrain_debounce_minutes: int = 360

@@ -2,7 +2,9 @@
 
 The precedence rule, used on ingest and whenever there is too little overlap for a consensus model:
 
-1. The most trusted source present decides: ``reviewer`` > ``annotator`` > ``agent`` > ``end_user`` > ``system``.
+1. The most trusted source present decides: ``reviewer`` > ``annotator`` > ``agent`` > ``end_user`` > ``system``
+   > ``rule`` (a labeling rule's vote, ``flywheel.domain.labeling_rules``: below every human source, so one
+   person's label beats any number of rules).
 2. Among reviewers, the latest decision wins (a correction of a correction); ``discard`` removes the prediction
    from training and SLA figures.
 3. Among other sources of the same rank, each person (``source_id``) counts once, with their latest label; the
@@ -21,13 +23,13 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from flywheel.models.label_quality import LabelQualityResult
 from flywheel.models.records import Feedback, Prediction
 
-SOURCE_PRIORITY = {"reviewer": 4, "annotator": 3, "agent": 2, "end_user": 1, "system": 0}
+SOURCE_PRIORITY = {"reviewer": 4, "annotator": 3, "agent": 2, "end_user": 1, "system": 0, "rule": -1}
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def resolve(votes: Sequence[Vote]) -> Effective:
     return Effective(winner.label, False)
 
 
-def apply_rule(session: Session, prediction_ids: Sequence[int]) -> None:
+def apply_rule(session: Session | Connection, prediction_ids: Sequence[int]) -> None:
     """Re-derive ``effective_label``, ``label_discarded`` and ``feedback_count`` for these predictions."""
     if not prediction_ids:
         return
@@ -99,7 +101,7 @@ def apply_rule(session: Session, prediction_ids: Sequence[int]) -> None:
         params.append(
             {"b_pid": pid, "b_label": eff.label, "b_discarded": eff.discarded, "b_count": len(votes.get(pid, []))}
         )
-    session.connection().execute(
+    (session.connection() if isinstance(session, Session) else session).execute(
         update(Prediction.__table__)  # type: ignore[arg-type]
         .where(Prediction.__table__.c.id == bindparam("b_pid"))
         .values(

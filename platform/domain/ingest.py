@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import operator
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +25,11 @@ from sqlalchemy.orm import Session
 
 from flywheel.core.db import UTCDateTime, connection_of, driver_execute, utcnow
 from flywheel.core.errors import Conflict, Unprocessable
-from flywheel.domain import partitions
+from flywheel.domain import labeling_rules, partitions
 from flywheel.domain.effective import apply_rule
 from flywheel.domain.holdout import holdout_bucket
 from flywheel.domain.schemas import FeedbackIn, PredictionIn
+from flywheel.models.label_quality import LabelingRule
 from flywheel.models.records import Feedback, Prediction, Task
 
 PROBABILITY_SUM_TOLERANCE = 1e-3
@@ -263,15 +265,37 @@ class TaskCatalog:
 
     _QUERY = select(Task.name, Task.id, Task.labels).where(Task.name.in_(bindparam("names", expanding=True)))
 
+    #: How long the set of tasks with labeling rules is trusted. A rule set put through another process is seen
+    #: by ingestion here within this time; the nightly back-fill votes on whatever arrived meanwhile.
+    RULES_TTL_SECONDS = 30.0
+
     def __init__(self) -> None:
         self._known: dict[str, tuple[int, frozenset[str]]] = {}
+        self._with_rules: frozenset[int] = frozenset()
+        self._rules_read_at: float | None = None
 
     def lookup(self, db: Connection | Session, names: set[str]) -> dict[str, tuple[int, frozenset[str]]]:
         missing = [name for name in names if name not in self._known]
         if missing:
             for name, pk, labels in db.execute(self._QUERY, {"names": missing}):
                 self._known[name] = (pk, frozenset(labels))
+            self._read_rules(db)  # while a query is being made anyway
         return {name: self._known[name] for name in names if name in self._known}
+
+    def with_rules(self, db: Connection | Session, task_ids: set[int]) -> set[int]:
+        """Which of these tasks have labeling rules (read again at most every ``RULES_TTL_SECONDS``): ingestion of
+        a task without rules costs no query."""
+        if self._rules_read_at is None or time.monotonic() - self._rules_read_at > self.RULES_TTL_SECONDS:
+            self._read_rules(db)
+        return task_ids & self._with_rules
+
+    def forget_rules(self) -> None:
+        """Read the tasks with rules again next time (this process changed a rule set)."""
+        self._rules_read_at = None
+
+    def _read_rules(self, db: Connection | Session) -> None:
+        self._with_rules = frozenset(db.scalars(select(LabelingRule.task_id).distinct()))
+        self._rules_read_at = time.monotonic()
 
 
 def ingest_predictions(
@@ -327,7 +351,21 @@ def ingest_predictions(
         if first[item.id] == i
     ]
     accepted = _store(db, Prediction, tenant_id, rows, "prediction")
+    if accepted:
+        _vote_by_rules(db, tenant_id, rows, tasks or TaskCatalog())
     return IngestResult(accepted=accepted, duplicates=len(items) - accepted)
+
+
+def _vote_by_rules(db: Connection | Session, tenant_id: int, rows: list[dict[str, Any]], tasks: TaskCatalog) -> None:
+    """New predictions of tasks with labeling rules get the rules' votes now (no query for tasks without)."""
+    if not tasks.with_rules(db, {row["task_id"] for row in rows}):
+        return
+    ids = list(
+        db.scalars(
+            select(Prediction.id).where(partitions.by_client_ids(db, tenant_id, [row["client_id"] for row in rows]))
+        )
+    )
+    labeling_rules.apply_rules(db, tenant_id, ids)
 
 
 def ingest_feedback(

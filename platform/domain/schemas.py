@@ -442,3 +442,37 @@ class FeedbackBatch(Strict):
     """As for predictions: up to the configured limit of items (413 above), atomic, unique by ``id``."""
 
     feedback: list[FeedbackIn] = Field(min_length=1, json_schema_extra={"x-limit": "max_batch_items"})
+
+
+# --- labeling rules -----------------------------------------------------------------------------------------------
+
+RuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul, NO_NUL_SCHEMA]
+
+
+class KeywordsRuleIn(Strict):
+    """Votes ``label`` when any keyword or phrase occurs in the text, case-insensitively, on word boundaries."""
+
+    name: RuleName = Field(description="unique within the task; the votes' source_id")
+    label: LabelName = Field(description="one of the task's labels")
+    kind: Literal["keywords"]
+    keywords: list[Keyword] = Field(min_length=1, max_length=100)
+
+
+class RegexRuleIn(Strict):
+    """Votes ``label`` when the Python ``re`` pattern is found in the text (case-sensitive unless it starts with
+    ``(?i)``); a pattern that does not compile is a 422 naming the rule."""
+
+    name: RuleName = Field(description="unique within the task; the votes' source_id")
+    label: LabelName = Field(description="one of the task's labels")
+    kind: Literal["regex"]
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=1000), NoNul, NO_NUL_SCHEMA]
+
+
+RuleIn = Annotated[KeywordsRuleIn | RegexRuleIn, Field(discriminator="kind")]
+
+
+class RulesIn(Strict):
+    """The complete rule set of the scope (it replaces the previous one); names unique."""
+
+    rules: list[RuleIn] = Field(max_length=1000)

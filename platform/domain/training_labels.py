@@ -7,7 +7,7 @@ label count: feedback that arrived after the pass changes the label, and the old
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, exists, select
+from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.orm import Session
 
 from flywheel.models.label_quality import LabelQualityResult
@@ -17,6 +17,15 @@ from flywheel.models.records import Feedback, Prediction
 def reviewed() -> ColumnElement[bool]:
     """The prediction has a reviewer's decision: a person looked, which overrides the automatic verdicts."""
     return exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "reviewer")
+
+
+def rule_only() -> ColumnElement[bool]:
+    """The prediction's label comes from labeling rules alone (rule votes, no person's feedback): such a label may
+    train a model but never measure one (the holdout, SLAs)."""
+    return and_(
+        exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "rule"),
+        ~exists().where(Feedback.prediction_id == Prediction.id, Feedback.source != "rule"),
+    )
 
 
 def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:

@@ -120,3 +120,27 @@ class LabelSourceStat(Base):
     issue_rate: Mapped[float] = mapped_column(Float, default=0.0)
     annotator_quality: Mapped[float | None] = mapped_column(Float)
     excluded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LabelingRule(Base):
+    """A labeling rule (weak supervision): keywords or a regular expression that votes for ``label``.
+
+    ``tenant_id`` null: the task's shared rules, applied to every tenant's predictions; else rules of that tenant
+    alone. ``tenant_key`` is 0 or the tenant's id, so one unique key covers both scopes. A rule's votes are
+    feedback rows with ``source = "rule"`` and ``source_id = name``.
+    """
+
+    __tablename__ = "labeling_rules"
+    __table_args__ = (UniqueConstraint("task_id", "tenant_key", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    tenant_key: Mapped[int] = mapped_column(Integer, default=0)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # keywords | regex
+    keywords: Mapped[list[str] | None] = mapped_column(JSONType)
+    pattern: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Integer, and_, cast, func, select
+from sqlalchemy import Integer, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
+from flywheel.domain.training_labels import rule_only
 from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.slas import Sla, SlaChange, SlaEvaluation
 from flywheel.monitoring import stats
@@ -134,17 +135,19 @@ def measure_window(
         Prediction.created_at < end,
     )
     bin_ = _bin_expression(session)
+    # A label only labeling rules gave is not a measurement: such a prediction counts as unlabeled.
+    by_person = case((rule_only(), None), else_=Prediction.effective_label).label("measured_label")
     groups = session.execute(
         select(
             Prediction.label,
-            Prediction.effective_label,
+            by_person,
             Prediction.label_discarded,
             bin_.label("bin"),
             func.count(),
             func.sum(Prediction.confidence),
         )
         .where(in_window)
-        .group_by(Prediction.label, Prediction.effective_label, Prediction.label_discarded, bin_)
+        .group_by(Prediction.label, by_person, Prediction.label_discarded, bin_)
     ).all()
     # Confusion cells of labeled predictions (effective label, not discarded) for the metric ...
     cells: dict[tuple[str, str], int] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -331,6 +332,16 @@ def _as_a_client_would(who: str, prediction_ids: list[str]) -> Any:
             body["label_descriptions"] = {k: v for k, v in body["label_descriptions"].items() if k in labels}
         elif label == "POST /v1/review/{prediction_id}" and body.get("decision") == "relabel":
             body["label"] = label_of(body.get("label"))
+        elif label == "PUT /v1/tasks/{name}/rules" and isinstance(body.get("rules"), list):
+            # Labels of the task, patterns that compile, names unique and (shared vs a tenant's) never clashing.
+            case.path_parameters["name"] = "intent"  # the labels below are this task's
+            scope = "t" if who != "admin" or (case.query or {}).get("tenant") is not None else "s"
+            for i, rule in enumerate(body["rules"]):
+                if isinstance(rule, dict):
+                    rule["label"] = label_of(rule.get("label"))
+                    rule["name"] = f"{scope}{i}-{str(rule.get('name'))[:50]}"
+                    if isinstance(rule.get("pattern"), str):
+                        rule["pattern"] = re.escape(rule["pattern"][:400])  # at most 800 characters
 
     return before_call
 

@@ -154,12 +154,34 @@ def test_models_page_shows_runs_with_gate_decision_and_reasons(client, world: Wo
         status="rejected",
         decision="rejected",
         reasons=["accuracy 0.86 < champion 0.88 - 0.01"],
+        gate={
+            "paired": PAIRED,
+            "candidates": [
+                {"rung": "few_shot", "value": 0.86, "verdict": "rejected", "chosen": True, "paired": PAIRED}
+            ],
+        },
     )
     add_training_run(world.db, model_id=None, status="running", decision=None, reasons=[])
     sign_in(client, world.acme_read)
     html = client.get("/dashboard/models").get_data(as_text=True)
     assert 'data-status="rejected"' in html and "accuracy 0.86 &lt; champion 0.88 - 0.01" in html
     assert 'data-status="running"' in html and "epoch 2 of 3" in html
+    # The paired interval, overall and for the reader's own tenant only.
+    assert "accuracy -0.020 [-0.060, +0.015] · n=200" in html
+    assert "acme: -0.040 [-0.100, +0.010] · n=120" in html and "globex" not in html
+
+
+PAIRED = {
+    "metric": "accuracy",
+    "difference": -0.02,
+    "ci_low": -0.06,
+    "ci_high": 0.015,
+    "n": 200,
+    "tenants": {
+        "acme": {"metric": "accuracy", "difference": -0.04, "ci_low": -0.1, "ci_high": 0.01, "n": 120},
+        "globex": {"metric": "accuracy", "difference": 0.01, "ci_low": -0.03, "ci_high": 0.05, "n": 80},
+    },
+}
 
 
 def test_report_csv_counts_match_the_rows(client, world: World):

@@ -7,8 +7,7 @@ quality of the pipeline is tested in test_feedback_quality.py.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -33,29 +32,11 @@ from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.retrain.dataset import build_training_data
 
 from support import LABELS, World
+from support.encoders import FakeEncoder
 
 N = 160
 HOLDOUT = 15
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
-
-
-@dataclass
-class FakeEncoder:
-    """Texts "acme text {i}" embed near the centroid of their true label; counts what it embeds."""
-
-    truth: dict[str, int]
-    id: str = "fake-encoder-1"
-    dim: int = 16
-    calls: list[int] = field(default_factory=list)
-
-    def embed(self, texts, **_kwargs):
-        self.calls.append(len(texts))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for r, text in enumerate(texts):
-            rng = np.random.default_rng(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16))
-            out[r, self.truth.get(text, 0)] = 1.0
-            out[r] += rng.normal(scale=0.15, size=self.dim)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 @dataclass

@@ -104,12 +104,30 @@ def test_a_promotion_reaches_a_running_app_without_restart(world: World, rs: Set
         == zero.version
     )
 
-    add_labeled(world.db, "acme", 120, seed=11)
+    add_labeled(world.db, "acme", 300, seed=11)  # holdouts of about 100 in all: enough for the paired gate
+    add_labeled(world.db, "globex", 100, seed=12)
     with world.db.session() as session:
         task = session.scalar(select(Task).where(Task.name == TASK))
         assert task is not None
         run_id = jobs.queue_run(session, task, None, trigger="test").id
     assert jobs.run_training(world.db, rs, run_id) == "succeeded"
+    # The run's decision carries the paired comparison with the champion, overall and per tenant (own tenant only).
+    decision = web1.get(f"/v1/training-runs/{run_id}", headers=auth(world.admin)).get_json()["decision"]
+    paired = decision["paired"]
+    assert decision["outcome"] == "promoted" and paired["metric"] == "accuracy"
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"] and paired["ci_low"] > -rs.gate_tolerance
+    assert set(paired["tenants"]) == {"acme", "globex"}
+    assert paired["n"] == sum(t["n"] for t in paired["tenants"].values())
+    # Every candidate is recorded with its interval; the one chosen is the one now serving.
+    heads = [(c["rung"], c["head"]) for c in decision["candidates"]]
+    assert heads == [("few_shot", "few_shot"), ("few_shot", "knn")]
+    assert all(c["paired"]["n"] == paired["n"] for c in decision["candidates"])
+    chosen = [c for c in decision["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["paired"] == {k: v for k, v in paired.items()}
+    seen = web1.get(f"/v1/training-runs/{run_id}", headers=auth(world.globex_rw)).get_json()["decision"]
+    assert set(seen["paired"]["tenants"]) == {"globex"} and set(seen["candidates"][0]["paired"]["tenants"]) == {
+        "globex"
+    }
     trained = registry_champion(world.db)
     assert trained.rung == "few_shot"
     assert (

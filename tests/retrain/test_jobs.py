@@ -124,8 +124,10 @@ def test_a_tiny_bert_fine_tunes_through_the_job_path(db: Database, rs: Settings,
     )
     run = get_run(db, run_id)
     assert status == "succeeded", (run.reasons, run.error)
-    # Both rungs were trained and compared; the better one on the holdout is the candidate.
-    assert {run.metrics["rung"], *run.metrics["alternatives"]} == {"few_shot", "fine_tuned"}
+    # Every candidate (the two few-shot heads, the fine-tuned rung) was trained and compared; one goes on.
+    candidates = run.metrics["gate"]["candidates"]
+    assert [c["head"] for c in candidates] == ["few_shot", "knn", "fine_tuned"]
+    assert sum(c["chosen"] for c in candidates) == 1 and len(run.metrics["alternatives"]) == 2
     assert progress == sorted(progress) and progress[-1] == 1.0
     assert run.progress == 1.0 and run.finished_at is not None
     model = champion(db)

@@ -377,3 +377,21 @@ def test_fine_tune_weights_each_example(tiny_base: Path) -> None:
     assert not np.allclose(tenth.predict_proba(probe), plain.predict_proba(probe), atol=1e-4)
     with pytest.raises(ValueError, match="sample_weight"):
         fine_tune(texts, ys, LABELS, config=cfg, sample_weight=np.ones(3))
+
+
+def test_the_knn_head_votes_by_nearest_neighbours_and_round_trips(tmp_path: Path) -> None:
+    from flywheel.retrain.classifiers import KnnClassifier, load_classifier, train_knn
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 8, dtype=np.float32)
+    y = [i % 3 for i in range(60)]  # label 3 ("d") never occurs
+    x = centres[y] + rng.normal(scale=0.1, size=(60, 8)).astype(np.float32)
+    knn = train_knn(y, ["a", "b", "c", "d"], embeddings=x, k=5)
+    probe = centres[[0, 1, 2]] + 0.05
+    proba = knn.predict_proba_embeddings(probe)
+    assert proba.shape == (3, 4) and np.allclose(proba.sum(axis=1), 1.0)
+    assert list(proba.argmax(axis=1)) == [0, 1, 2] and (proba[:, 3] == 0).all()
+    knn.save(tmp_path / "knn", metadata={"lineage": {"n": 60}})
+    loaded = load_classifier(tmp_path / "knn")
+    assert isinstance(loaded, KnnClassifier) and loaded.rung == "few_shot" and loaded.k == 5
+    assert np.allclose(loaded.predict_proba_embeddings(probe), proba, atol=1e-6)

@@ -17,8 +17,11 @@ from flywheel.retrain.pipeline import (
     RunInputs,
     RunMetrics,
     best_candidate,
+    gate_record,
     judge,
 )
+
+from support import gate as paired
 
 
 def ev(accuracy: float, n: int = 100, **tenants: float) -> Evaluation:
@@ -86,6 +89,7 @@ def test_run_metrics_are_stored_in_the_shape_the_api_returns() -> None:
         "alternatives",
         "training",
         "optimization",
+        "gate",
     ]
     assert metrics["candidate"] == {
         "overall": {"n": 100.0, "accuracy": 0.9},
@@ -120,21 +124,42 @@ def test_a_run_with_a_non_finite_validation_score_did_not_finish_cleanly() -> No
     assert not decision.promote and decision.reasons == ["the training run did not finish cleanly"]
 
 
-def test_the_richer_rung_must_beat_the_head_ties_keep_the_head() -> None:
-    head = Candidate("few_shot", None, ev(0.8))
-    assert best_candidate([head, Candidate("fine_tuned", None, ev(0.8))], "accuracy") is head
-    better = Candidate("fine_tuned", None, ev(0.81))
-    assert best_candidate([head, better], "accuracy") is better
+def test_the_best_candidate_by_the_gate_rule_ties_keep_the_head() -> None:
+    champion = ChampionEvaluation("support-v1", paired.ev(0.70))
+    head = Candidate("few_shot", None, paired.ev(0.80))
+    same = Candidate("fine_tuned", None, paired.ev(0.80))
+    judged = [(c, judge(inputs(), c, champion, GatePolicy())) for c in (head, same)]
+    assert best_candidate(judged, "accuracy")[0] is head
+    better = Candidate("fine_tuned", None, paired.ev(0.90))
+    judged = [(c, judge(inputs(), c, champion, GatePolicy())) for c in (head, better)]
+    best, decision = best_candidate(judged, "accuracy")
+    assert best is better and decision.promote
+    record = gate_record(judged, best, decision, "accuracy")
+    assert record["paired"]["difference"] == pytest.approx(0.2) and record["paired"]["tenants"]["solo"]["n"] == 200
+    assert [(c["rung"], c["verdict"], c["chosen"]) for c in record["candidates"]] == [
+        ("few_shot", "promoted", False),
+        ("fine_tuned", "promoted", True),
+    ]
+    assert record["candidates"][0]["paired"]["ci_low"] > 0
+    # One the gate refuses never goes on over one it promotes, whatever its point estimate.
+    refused = (better, judge(inputs(), better, champion, GatePolicy()))
+    refused = (better, type(refused[1])(False, ["no"], refused[1].paired))
+    assert best_candidate([(head, judged[0][1]), refused], "accuracy")[0] is head
+    # Without a champion to pair with, the highest holdout value goes on.
+    alone = [(c, judge(inputs(), c, ChampionEvaluation(None, None), GatePolicy())) for c in (head, better)]
+    assert best_candidate(alone, "accuracy")[0] is better
+    assert gate_record(alone, better, alone[1][1], "accuracy")["paired"] is None
 
 
 def test_judge_holds_a_variant_to_a_gain_over_the_shared_model_and_notes_an_unloadable_champion() -> None:
     shared = ModelVersion(version="support-v2", tenant_id=None)
-    same = Candidate("fine_tuned", None, ev(0.8))
-    refused = judge(inputs(tenant_id=7, champion=shared), same, ChampionEvaluation("support-v2", ev(0.8)), GatePolicy())
+    same = Candidate("fine_tuned", None, paired.ev(0.8))
+    champion = ChampionEvaluation("support-v2", paired.ev(0.8))
+    refused = judge(inputs(tenant_id=7, champion=shared), same, champion, GatePolicy())
     assert not refused.promote and "does not beat the current model" in refused.reasons[0]
     # The shared model is within tolerance of itself, and not judged on tenants with variants of their own.
-    regressing_on_acme = Candidate("few_shot", None, ev(0.8, acme=0.1))
-    champion = ChampionEvaluation("support-v2", ev(0.8, acme=0.9))
+    regressing_on_acme = Candidate("few_shot", None, paired.ev(acme=(0.1, 100), globex=(1.0, 400)))
+    champion = ChampionEvaluation("support-v2", paired.ev(acme=(0.9, 100), globex=(0.7, 400)))
     shared_run = judge(inputs(champion=shared), regressing_on_acme, champion, GatePolicy())
     assert shared_run.promote
     note = "the champion support-v2 could not be evaluated (gone); compared with none"

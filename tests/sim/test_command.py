@@ -25,7 +25,7 @@ def test_simulate_help_is_the_simulations_own_under_the_flywheel_command() -> No
     result = CliRunner().invoke(cli, ["simulate", "--help"], prog_name="flywheel")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Usage: flywheel simulate [OPTIONS]")
-    for option in ("--train", "--test", "--out", "--review-budget", "--arms", "--fine-tune-min-labels"):
+    for option in ("--train", "--test", "--out", "--review-budget", "--arms", "--fine-tune-min-labels", "--rules"):
         assert option in result.output
 
 
@@ -46,3 +46,24 @@ def test_simulate_without_the_tool_says_what_to_install(monkeypatch: pytest.Monk
     result = CliRunner().invoke(cli, ["simulate", "--help"])
     assert result.exit_code == 1
     assert "pip install -e '.[sim]'" in result.output and f"missing: {missing}" in result.output
+
+
+def test_rules_from_a_file_are_put_on_the_task_on_day_0(tmp_path: Path) -> None:
+    import json
+
+    from sim.harness import running_system
+    from sim.replay import set_up_customers
+    from sim.scenario import TASK, SimConfig
+    from sim.traffic import Plan
+
+    rules = tmp_path / "rules.json"
+    body = {"rules": [{"name": "rate-words", "label": "exchange_rate", "kind": "keywords", "keywords": ["rate"]}]}
+    rules.write_text(json.dumps(body))
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nwhat rate,exchange_rate\n")
+    cfg = SimConfig(train=data, test=data, out=tmp_path / "out", rules=rules, arms=("cleaned",))
+    plan = Plan(labels=["exchange_rate", "card_arrival"], items=[], feedback=[], test_texts=[], test_labels=[])
+    with running_system(cfg, "cleaned") as system:
+        set_up_customers(system.api, cfg, plan)
+        got = system.api.call("GET", f"/v1/tasks/{TASK}/rules", system.api.admin)["rules"]
+    assert [(r["name"], r["label"], r["keywords"]) for r in got] == [("rate-words", "exchange_rate", ["rate"])]

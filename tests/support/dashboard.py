@@ -204,7 +204,13 @@ def seed_monitoring(db: Database, settings: Any, *, days: int = 4, drift: bool =
 
 
 def add_training_run(
-    db: Database, *, model_id: int | None, status: str, decision: str | None, reasons: list[str]
+    db: Database,
+    *,
+    model_id: int | None,
+    status: str,
+    decision: str | None,
+    reasons: list[str],
+    gate: dict[str, Any] | None = None,
 ) -> int:
     from flywheel.models.training import TrainingRun
 
@@ -219,7 +225,7 @@ def add_training_run(
             rung="few_shot",
             progress=1.0 if status != "running" else 0.4,
             message="done" if status != "running" else "epoch 2 of 3",
-            metrics={"accuracy": 0.91, "baseline_accuracy": 0.88},
+            metrics={"accuracy": 0.91, "baseline_accuracy": 0.88, **({"gate": gate} if gate else {})},
             decision=decision,
             reasons=reasons,
             model_id=model_id,
