@@ -1,6 +1,7 @@
 """Export: a tenant's predictions with their feedback and effective label, as JSON Lines or Parquet, streamed.
 
-Rows are read in chunks with a keyset cursor (``id > last id``), one short session per chunk, so an export of a
+Rows are read in chunks with a keyset cursor on ``(created_at, id)``, which the ``(tenant, task, created_at)`` index
+serves on every database (and, partitioned, month by month), one short session per chunk, so an export of a
 million rows never holds them in memory nor one transaction open for its whole length. Parquet is written one row
 group per chunk with pyarrow, and the bytes are handed on as each group is finished.
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 
 from flywheel.models.records import Feedback, Prediction
 
@@ -31,7 +32,7 @@ def _iso(value: datetime) -> str:
 def export_rows(db: Database, tenant_id: int, task_id: int, *, chunk: int = CHUNK) -> Iterator[list[dict[str, Any]]]:
     """Chunks of export records, oldest first: ``id``, ``text``, ``label``, ``confidence``, ``probabilities``,
     ``model_version``, ``created_at``, ``metadata``, ``feedback`` (oldest first) and ``effective_label``."""
-    last = 0
+    last: tuple[datetime, int] | None = None
     while True:
         with db.session() as session:
             rows = session.execute(
@@ -48,8 +49,12 @@ def export_rows(db: Database, tenant_id: int, task_id: int, *, chunk: int = CHUN
                     Prediction.effective_label,
                     Prediction.feedback_count,
                 )
-                .where(Prediction.tenant_id == tenant_id, Prediction.task_id == task_id, Prediction.id > last)
-                .order_by(Prediction.id)
+                .where(
+                    Prediction.tenant_id == tenant_id,
+                    Prediction.task_id == task_id,
+                    *([tuple_(Prediction.created_at, Prediction.id) > tuple_(*last)] if last else []),
+                )
+                .order_by(Prediction.created_at, Prediction.id)
                 .limit(chunk)
             ).all()
             if not rows:
@@ -72,7 +77,7 @@ def export_rows(db: Database, tenant_id: int, task_id: int, *, chunk: int = CHUN
                             "created_at": _iso(fb.created_at),
                         }
                     )
-        last = rows[-1].id
+        last = (rows[-1].created_at, rows[-1].id)
         yield [
             {
                 "id": r.client_id,
