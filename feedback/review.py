@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Unprocessable
 from flywheel.domain.schemas import REVIEW_CURSOR_PATTERN
-from flywheel.domain.training_labels import reviewed
+from flywheel.domain.training_labels import reviewed, same_scope
 from flywheel.models.label_quality import LabelQualityResult
 from flywheel.models.records import Feedback, Prediction, Task
 
@@ -141,6 +141,7 @@ def _label_issues(
             LabelQualityResult.task_id == task_id,
             LabelQualityResult.kind == "labeled",
             LabelQualityResult.given_label == Prediction.effective_label,
+            *same_scope(tenant_id, task_id),
             Prediction.label_discarded.is_(False),
             ~reviewed(),
             *_after(LabelQualityResult.is_issue, quality, Prediction.id, after),

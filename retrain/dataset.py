@@ -13,13 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.orm import Session
 
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.encoder import load_encoder
 from flywheel.domain.holdout import is_holdout
 from flywheel.domain.training_labels import excluded_prediction_ids, rule_only, training_weights
+from flywheel.models.label_quality import LabelingRule
 from flywheel.models.records import Prediction, Task, Tenant
 
 if TYPE_CHECKING:
@@ -101,7 +102,12 @@ def label_verdicts(session: Session, tenant_id: int, task_id: int) -> tuple[set[
 
 def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int) -> TrainingData:
     """The training pool and the holdout of ``task``: one tenant's data for a variant; for the shared model, every
-    tenant's that shares its labels (``share_labels``), so an opted-out tenant is in neither split nor the lineage."""
+    tenant's that shares its labels (``share_labels``), so an opted-out tenant is in neither split nor the lineage.
+
+    Which labels came from rules alone is asked only of a task with labeling rules: the correlated test costs a
+    hashed subplan per partition on PostgreSQL, which tasks without rules need not pay."""
+    has_rules = session.scalar(select(LabelingRule.id).where(LabelingRule.task_id == task.id).limit(1)) is not None
+    rules_only = rule_only() if has_rules else literal(False)
     stmt = (
         select(
             Prediction.id,
@@ -111,7 +117,7 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
             Prediction.content_hash,
             Prediction.tenant_id,
             Tenant.slug,
-            rule_only(),
+            rules_only,
         )
         .join(Tenant, Tenant.id == Prediction.tenant_id)
         .where(

@@ -28,6 +28,13 @@ def rule_only() -> ColumnElement[bool]:
     )
 
 
+def same_scope(tenant_id: int, task_id: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The scope again on the predictions side of a join with label-quality results: it is what lets PostgreSQL's
+    partitioned table read only the scope's rows (its ``(tenant, task, created_at)`` index in each month) instead
+    of every partition; harmless elsewhere."""
+    return Prediction.tenant_id == tenant_id, Prediction.task_id == task_id
+
+
 def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
     """Prediction ids training must leave out: label issues of the latest pass, labels only unreliable sources
     gave (unless a reviewer has since decided on the label: a "keep" counts at once), and discarded ones. Never a
@@ -36,6 +43,7 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
         select(LabelQualityResult.prediction_id)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
         .where(
+            *same_scope(tenant_id, task_id),
             LabelQualityResult.tenant_id == tenant_id,
             LabelQualityResult.task_id == task_id,
             LabelQualityResult.kind == "labeled",
@@ -49,6 +57,7 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
         select(LabelQualityResult.prediction_id)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
         .where(
+            *same_scope(tenant_id, task_id),
             LabelQualityResult.tenant_id == tenant_id,
             LabelQualityResult.task_id == task_id,
             Prediction.label_discarded.is_(True),
@@ -65,6 +74,7 @@ def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int
         select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
         .where(
+            *same_scope(tenant_id, task_id),
             LabelQualityResult.tenant_id == tenant_id,
             LabelQualityResult.task_id == task_id,
             LabelQualityResult.kind == "labeled",

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -98,6 +99,15 @@ class Prediction(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "client_id"),
         Index("ix_predictions_tenant_task_created", "tenant_id", "task_id", "created_at"),
+        # The labeled few among many: training-set assembly and label-quality passes read only these. Ingest never
+        # touches it (a new prediction has no label yet).
+        Index(
+            "ix_predictions_labeled",
+            "task_id",
+            "tenant_id",
+            postgresql_where=text("effective_label IS NOT NULL"),
+            sqlite_where=text("effective_label IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
