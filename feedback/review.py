@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Unprocessable
@@ -221,6 +221,43 @@ def _disagreements(session: Session, tenant_id: int, task_id: int, limit: int) -
     ]
 
 
+def _ranked(
+    session: Session,
+    tenant_id: int,
+    task_id: int,
+    limit: int,
+    after: QueuePosition | None,
+    unlabeled: tuple[ColumnElement[bool], ...],
+) -> list[tuple[Prediction, float | None]]:
+    """Up to ``limit + 1`` still-unlabeled predictions in the pass's ActiveLab order, after ``after``.
+
+    The ranking (one scope's few thousand rows) is read in order and the predictions it names are fetched by id,
+    dropping those labeled since the pass: the predictions table is read for the items shown, not for every
+    prediction of the tenant (on partitioned PostgreSQL, every month of it)."""
+    score = func.coalesce(LabelQualityResult.active_score, 1.0)
+    out: list[tuple[Prediction, float | None]] = []
+    step = 2 * limit + 1
+    while len(out) <= limit:
+        batch = session.execute(
+            select(LabelQualityResult.prediction_id, LabelQualityResult.active_score)
+            .where(
+                LabelQualityResult.tenant_id == tenant_id,
+                LabelQualityResult.task_id == task_id,
+                LabelQualityResult.kind == "unlabeled",
+                *_after(LabelQualityResult.is_issue, score, LabelQualityResult.prediction_id, after),
+            )
+            .order_by(score.asc(), LabelQualityResult.prediction_id)
+            .limit(step)
+        ).all()
+        ids = [pid for pid, _ in batch]
+        found = {p.id: p for p in session.scalars(select(Prediction).where(Prediction.id.in_(ids), *unlabeled))}
+        out += [(found[pid], active) for pid, active in batch if pid in found]
+        if len(batch) < step:
+            break
+        after = QueuePosition(False, _or_one(batch[-1][1]), batch[-1][0])
+    return out[: limit + 1]
+
+
 def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int, after: QueuePosition | None) -> ReviewPage:
     unlabeled = (
         Prediction.tenant_id == tenant_id,
@@ -229,18 +266,7 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int, after
         Prediction.effective_label.is_(None),
         Prediction.label_discarded.is_(False),
     )
-    score = func.coalesce(LabelQualityResult.active_score, 1.0)
-    rows = session.execute(
-        select(Prediction, LabelQualityResult.active_score)
-        .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
-        .where(
-            *unlabeled,
-            LabelQualityResult.kind == "unlabeled",
-            *_after(LabelQualityResult.is_issue, score, Prediction.id, after),
-        )
-        .order_by(score.asc(), Prediction.id)
-        .limit(limit + 1)
-    ).all()
+    rows = _ranked(session, tenant_id, task_id, limit, after, unlabeled)
     if rows or after is not None:
         next_cursor = _next(rows, limit, lambda row: QueuePosition(False, _or_one(row[1]), row[0].id))
         entries = [
