@@ -30,6 +30,7 @@ from flywheel.app import create_app
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.core.migrate import upgrade
+from flywheel.domain import partitions
 from flywheel.domain.auth import create_key
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.training import ModelTrainingRow, ModelVersion
@@ -97,6 +98,8 @@ def seed(db: Database, rows: int) -> tuple[str, list[str]]:
                     for cid, pk in ids.items()
                 ],
             )
+    with db.session() as session:  # written around ingest: their idempotency keys too (partitioned PostgreSQL)
+        partitions.register_keys(session)
     return key, [f"p-{i}" for i in range(0, min(rows, 3000), 3)]
 
 
