@@ -7,8 +7,8 @@
 For each size, two databases get the same rows, generated in SQL (``generate_series`` over banking77's real texts,
 not through the API): ``--tenants`` tenants over ``--months`` months, one in ten predictions labeled by an end
 user's feedback, one SLA per tenant, and label-quality results for one tenant. One database is at the latest
-revision (monthly partitions and the ``prediction_keys`` idempotency table); the other stops before it (one plain
-table, the idempotency key a unique constraint): the baseline, side by side.
+revision (monthly partitions and the ``prediction_keys`` idempotency table); in the other the predictions table is
+put back as one plain table (the idempotency key a unique constraint): the baseline, side by side.
 
 Timed through the product's own functions, median of ``--repeat`` after one untimed warm-up:
 
@@ -38,14 +38,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from flywheel.app import create_app
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
-from flywheel.core.migrate import alembic_config, upgrade
+from flywheel.core.migrate import upgrade
 from flywheel.domain import partitions
 from flywheel.domain.auth import create_key
 from flywheel.domain.ingest import ingest_predictions
@@ -57,8 +56,6 @@ from flywheel.retrain.dataset import build_training_data
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
 CHUNK = 1_000_000
-# The heads of every branch before the partitioning revision: the unpartitioned baseline.
-BEFORE_PARTITIONS = ("0003", "0005", "0006", "0007")
 
 
 def fresh(server_url: str, name: str) -> Database:
@@ -72,12 +69,39 @@ def fresh(server_url: str, name: str) -> Database:
 
 
 def migrate(db: Database, *, partitioned: bool) -> None:
+    """The latest schema; for the baseline, its predictions table put back as one plain table (what revision 0008
+    undoes: the idempotency key a unique constraint again, and the foreign keys to ``predictions.id``)."""
+    upgrade(db.engine)
     if partitioned:
-        upgrade(db.engine)
         return
-    cfg = alembic_config(db.url)
-    for head in BEFORE_PARTITIONS:
-        command.upgrade(cfg, head)
+    with db.engine.begin() as conn:
+        for statement in _FLATTEN:
+            conn.execute(text(statement))
+
+
+_FLATTEN = [
+    "ALTER TABLE predictions RENAME TO predictions_parted",
+    "ALTER TABLE predictions_parted DROP CONSTRAINT pk_predictions",
+    "DROP INDEX ix_predictions_tenant_task_created",
+    "CREATE TABLE predictions (LIKE predictions_parted INCLUDING DEFAULTS)",
+    "ALTER SEQUENCE predictions_id_seq OWNED BY predictions.id",
+    "DROP TABLE predictions_parted",
+    "DROP TABLE prediction_keys",
+    "ALTER TABLE predictions ADD CONSTRAINT pk_predictions PRIMARY KEY (id)",
+    "ALTER TABLE predictions ADD CONSTRAINT uq_predictions_tenant_id_client_id UNIQUE (tenant_id, client_id)",
+    "CREATE INDEX ix_predictions_tenant_task_created ON predictions (tenant_id, task_id, created_at)",
+    *(
+        f"ALTER TABLE {table} ADD CONSTRAINT fk_{table}_{column}_{target} FOREIGN KEY ({column}) "
+        f"REFERENCES {target} (id) ON DELETE CASCADE"
+        for table, column, target in (
+            ("predictions", "tenant_id", "tenants"),
+            ("predictions", "task_id", "tasks"),
+            ("feedback", "prediction_id", "predictions"),
+            ("label_quality_results", "prediction_id", "predictions"),
+            ("model_training_rows", "prediction_id", "predictions"),
+        )
+    ),
+]
 
 
 def seed(db: Database, *, rows: int, tenants: int, months: int, end: datetime) -> str:
