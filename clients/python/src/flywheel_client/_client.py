@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, Unpack
+from typing import TYPE_CHECKING, Any, BinaryIO, Self, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -251,6 +252,74 @@ class Client:
         )
         return result
 
+    # --- data rights ----------------------------------------------------------------------------------------------
+
+    def erase_prediction(self, prediction_id: str, *, tenant: str | None = None) -> dict[str, int]:
+        """``DELETE /v1/predictions/{id}``: erase one prediction and everything derived from it (feedback, review
+        decisions, label-quality results, cached embeddings, lineage rows); counts per kind of record, zeros when
+        it was already gone."""
+        result: dict[str, int] = self.request(
+            "DELETE", f"/v1/predictions/{_seg(prediction_id)}", params={"tenant": tenant}
+        )
+        return result
+
+    def erase(
+        self,
+        prediction_ids: Iterable[str] | None = None,
+        *,
+        user_id: str | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, int]:
+        """``POST /v1/erasure``: erase predictions by id (sent 1,000 to a request, the counts summed) or every
+        prediction whose ``metadata.user_id`` is ``user_id``; exactly one of the two. Idempotent."""
+        if (prediction_ids is None) == (user_id is None):
+            raise ValueError("give prediction_ids or user_id, not both")
+        if user_id is not None:
+            result: dict[str, int] = self.request(
+                "POST", "/v1/erasure", params={"tenant": tenant}, json_body={"user_id": user_id}
+            )
+            return result
+        totals: dict[str, int] = {}
+        for chunk in _id_chunks(prediction_ids or [], MAX_BATCH_ITEMS):
+            counts = self.request("POST", "/v1/erasure", params={"tenant": tenant}, json_body={"prediction_ids": chunk})
+            for kind, n in counts.items():
+                totals[kind] = totals.get(kind, 0) + int(n)
+        return totals
+
+    def iter_export(self, task: str, *, tenant: str | None = None) -> Iterator[dict[str, Any]]:
+        """``GET /v1/export?format=jsonl``: every prediction of ``task`` with its ``feedback`` and
+        ``effective_label``, oldest first, decoded line by line as the server streams them (a million rows never
+        sit in memory on either side)."""
+        params = {"task": task, "format": "jsonl", "tenant": tenant}
+        with self._stream("/v1/export", params) as response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    def download_export(
+        self, task: str, destination: BinaryIO, *, format: str = "parquet", tenant: str | None = None
+    ) -> int:
+        """``GET /v1/export``: the export of ``task`` as ``parquet`` (or ``jsonl``) bytes written to
+        ``destination`` as they arrive; returns the number of bytes written."""
+        written = 0
+        with self._stream("/v1/export", {"task": task, "format": format, "tenant": tenant}) as response:
+            for block in response.iter_bytes():
+                destination.write(block)
+                written += len(block)
+        return written
+
+    @contextmanager
+    def _stream(self, path: str, params: Mapping[str, Any]) -> Iterator[httpx.Response]:
+        query = {k: _query_value(v) for k, v in params.items() if v is not None}
+        try:
+            with self._http.stream("GET", path, params=query) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise FlywheelError.from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise FlywheelConnectionError(f"{type(exc).__name__}: {exc} (GET {self.url}{path})") from exc
+
     def list_slas(self, *, tenant: str | None = None) -> list[dict[str, Any]]:
         """``GET /v1/slas``: one row per SLA from its latest evaluation (a read key sees its own tenant's)."""
         return list(self.request("GET", "/v1/slas", params={"tenant": tenant, "limit": 1000})["items"])
@@ -315,6 +384,17 @@ class Client:
                 raise FlywheelError(None, "Pagination loop", f"{path} returned the cursor {cursor!r} twice")
             seen.add(cursor)
             params["cursor"] = cursor
+
+
+def _id_chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for value in ids:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _seg(value: str) -> str:
