@@ -167,19 +167,12 @@ def nightly_pipeline(db: Database, settings: Settings) -> list[int]:
 
 def housekeeping(db: Database, settings: Settings, *, now: datetime | None = None) -> dict[str, Any]:
     """Daily storage upkeep, cheap enough to run in the scheduler itself: on PostgreSQL, the coming months'
-    partitions and, with ``retention_days``, the expired months dropped whole. The nightly data-rights job erases
-    what is left of the policy row by row (SQLite, the default partition, tenants with their own retention)."""
-    from flywheel.domain import erasure, partitions
+    partitions (expired months are dropped by the nightly data-rights job's retention)."""
+    from flywheel.domain import partitions
 
-    now = now or utcnow()
     with db.session() as session:
-        created = partitions.ensure_partitions(session, now, months_ahead=settings.partition_months_ahead)
-        result: dict[str, Any] = {"partitions_created": created}
-        if settings.retention_days > 0 and partitions.is_partitioned(session):
-            cutoff = now - timedelta(days=settings.retention_days)
-            dropped = erasure.drop_expired_months(session, cutoff, now)
-            result.update(partitions_dropped=dropped.partitions, predictions_removed=dropped.predictions)
-    return result
+        created = partitions.ensure_partitions(session, now or utcnow(), months_ahead=settings.partition_months_ahead)
+    return {"partitions_created": created}
 
 
 def _service(key: str) -> SchedulerService | None:

@@ -70,7 +70,8 @@ class Settings:
     worker_heartbeat_seconds: int = 30
     fine_tune_on_cpu: bool = False  # with a broker: may CPU workers fine-tune when no GPU worker is alive?
     # Housekeeping (daily): on PostgreSQL, monthly partitions of the predictions are created this many months
-    # ahead; with retention_days > 0, predictions (and their feedback) older than that go, by whole partitions.
+    # ahead. retention_days > 0: the nightly data-rights job expires older predictions of every tenant without its
+    # own retention_days (whole months where it can).
     housekeeping_cron: str = "30 1 * * *"
     partition_months_ahead: int = 3
     retention_days: int = 0  # 0 keeps everything

@@ -255,9 +255,18 @@ def expire_old_records(
 def run_retention(
     db: Database, *, now: datetime | None = None, batch_size: int = BATCH, default_days: int = 0
 ) -> dict[str, int]:
-    """The nightly retention job: batches of ``expire_old_records``, one transaction each, until none is left."""
+    """The nightly retention job. With a deployment-wide policy on partitioned PostgreSQL, the months every tenant's
+    policy has expired go whole first (``drop_expired_months``); then batches of ``expire_old_records``, one
+    transaction each, until none is left."""
     now = now or utcnow()
     total = ErasureCounts()
+    if default_days > 0:
+        with db.session() as session:
+            if partitions.is_partitioned(session):
+                # No tenant may lose a row its own (longer) retention keeps: the whole months go only past the longest.
+                longest = max(default_days, session.scalar(select(func.max(Tenant.retention_days))) or 0)
+                dropped = drop_expired_months(session, now - timedelta(days=longest), now)
+                total.predictions, total.feedback = dropped.predictions, dropped.feedback
     while True:
         with db.session() as session:
             counts = expire_old_records(session, now, batch_size=batch_size, default_days=default_days)

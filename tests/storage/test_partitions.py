@@ -19,7 +19,7 @@ from flywheel.core.db import Database
 from flywheel.core.migrate import alembic_config, is_current
 from flywheel.domain import partitions
 from flywheel.domain.erasure import run_retention
-from flywheel.models.records import Task
+from flywheel.models.records import Task, Tenant
 from flywheel.models.rights import Erasure
 from flywheel.models.training import ModelTrainingRow, ModelVersion
 from flywheel.scheduler import housekeeping
@@ -55,6 +55,17 @@ def test_sqlite_keeps_one_table(db: Database) -> None:
     with db.session() as session:
         assert not partitions.is_partitioned(session)
         assert partitions.ensure_partitions(session, DEC) == []
+
+
+def test_a_tenant_keeping_longer_keeps_its_months(client: FlaskClient, world: World) -> None:
+    _pg_only(world.db)
+    with world.db.session() as session:
+        partitions.create_month(session, datetime(2026, 9, 1, tzinfo=UTC))
+        session.scalars(select(Tenant).where(Tenant.slug == "globex")).one().retention_days = 400
+    _post(client, world, [prediction("m9", created_at="2026-09-10T00:00:00Z")])
+    assert run_retention(world.db, now=datetime(2026, 12, 10, tzinfo=UTC), default_days=39)["predictions"] == 1
+    with world.db.session() as session:  # acme's row went as an erasure; globex's 400 days keep the month
+        assert "predictions_y2026m09" in {p.name for p in partitions.partitions(session)}
 
 
 def test_housekeeping_creates_the_coming_months_once(db: Database) -> None:
@@ -120,26 +131,25 @@ def test_retention_drops_whole_months_and_what_points_at_them(client: FlaskClien
         session.flush()
         m9 = session.scalar(text("SELECT id FROM predictions WHERE client_id = 'm9'"))
         session.add(ModelTrainingRow(model_id=model.id, prediction_id=m9))
-    settings = Settings(database_url=world.db.url, retention_days=39, partition_months_ahead=0)
     now = datetime(2026, 12, 10, tzinfo=UTC)  # cutoff: November 1st
-    result = housekeeping(world.db, settings, now=now)
-    assert {"predictions_y2026m09", "predictions_y2026m10"} <= set(result["partitions_dropped"])
-    assert not any(name >= "predictions_y2026m11" for name in result["partitions_dropped"])
-    assert result["predictions_removed"] == 2  # two whole months; the default partition's rows go row by row
+    result = run_retention(world.db, now=now, default_days=39)
+    assert result["predictions"] == 3  # September and October whole, then the default partition's row as an erasure
     with world.db.session() as session:
         assert session.get(ModelVersion, model.id).tainted_rows == 1  # type: ignore[union-attr]
         audit = session.scalars(select(Erasure).where(Erasure.reason == "retention")).all()
-    assert sorted(a.counts["partition"] for a in audit) == ["predictions_y2026m09", "predictions_y2026m10"]
-    assert all(a.id_hashes == [] and a.counts["predictions"] == 1 for a in audit)
-    assert run_retention(world.db, now=now, default_days=39)["predictions"] == 1  # the ancient row, as an erasure
+        left_months = {p.name for p in partitions.partitions(session)}
+    assert not {"predictions_y2026m09", "predictions_y2026m10"} & left_months
+    assert {"predictions_y2026m11", "predictions_y2026m12"} <= left_months
+    months = sorted(a.counts["partition"] for a in audit if "partition" in a.counts)
+    assert months == ["predictions_y2026m09", "predictions_y2026m10"]
+    assert next(a.id_hashes for a in audit if "partition" not in a.counts)  # the row erased as rows: its id hash
     with world.db.engine.connect() as conn:
         left = sorted(conn.execute(text("SELECT client_id FROM predictions")).scalars())
         keys = sorted(conn.execute(text("SELECT client_id FROM prediction_keys")).scalars())
         feedback = conn.execute(text("SELECT count(*) FROM feedback")).scalar_one()
         lineage = conn.execute(text("SELECT count(*) FROM model_training_rows")).scalar_one()
-        tables = conn.execute(text("SELECT to_regclass('predictions_y2026m09')")).scalar()
     assert left == keys == ["m11", "m12"]
-    assert feedback == 0 and lineage == 0 and tables is None
+    assert feedback == 0 and lineage == 0
     _post(client, world, [prediction("m9", created_at="2026-12-01T00:00:00Z")])  # its key is free again
 
 
