@@ -62,6 +62,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _embed(base_model: str | None, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """``(N, D)`` embeddings of ``texts`` by the frozen base encoder, for the heads that sit on it."""
+    from flywheel.domain.encoder import load_encoder
+
+    return np.asarray(load_encoder(base_model).embed(list(texts), batch_size=max(batch_size, 64)))
+
+
 def base_name(base_model: str | Path | None) -> str | None:
     """The base as stored in metadata: ``None`` means the packaged all-MiniLM-L6-v2 (portable across machines)."""
     return str(base_model) if base_model else None
@@ -120,10 +127,7 @@ class ZeroShotClassifier:
         return _softmax(self.scale * (np.asarray(embeddings, dtype=np.float32) @ self.label_embeddings.T))
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        from flywheel.domain.encoder import load_encoder
-
-        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
-        return self.predict_proba_embeddings(emb)
+        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size))
 
     def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
         path = Path(directory)
@@ -191,10 +195,7 @@ class FewShotClassifier:
         return _softmax(logits)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        from flywheel.domain.encoder import load_encoder
-
-        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
-        return self.predict_proba_embeddings(emb)
+        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size))
 
     def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
         path = Path(directory)
@@ -304,10 +305,7 @@ class KnnClassifier:
         return out / out.sum(axis=1, keepdims=True)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        from flywheel.domain.encoder import load_encoder
-
-        emb = load_encoder(self.base_model).embed(list(texts), batch_size=max(batch_size, 64))
-        return self.predict_proba_embeddings(emb)
+        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size))
 
     def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
         path = Path(directory)
