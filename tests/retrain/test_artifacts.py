@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from flywheel.core.config import Settings
 from flywheel.core.db import Database
-from flywheel.domain import artifacts, champions
-from flywheel.models.records import Task
-from flywheel.models.training import TrainingRun
-from flywheel.retrain import jobs, registry
+from flywheel.domain import artifacts
+from flywheel.retrain import registry
 
-from support.retrain import TASK, add_labeled, make_task
+from support.retrain import train_to
 
 
 @pytest.fixture
@@ -48,26 +45,12 @@ def test_a_model_trained_to_a_url_is_served_from_a_download(
     db: Database, settings: Settings, tiny_base: Path, tmp_path: Path, cache: Path
 ) -> None:
     store = tmp_path / "shared-store"
-    rs = settings.with_(
-        artifacts_dir=f"file://{store}", holdout_percent=20, few_shot_min_per_class=2, fine_tune_min_labels=100_000
-    )
-    make_task(db, tiny_base)
-    add_labeled(db, "acme", 90, seed=1)
-    with db.session() as session:
-        task = session.scalar(select(Task).where(Task.name == TASK))
-        assert task is not None
-        run_id = jobs.queue_run(session, task, None, trigger="test").id
-    assert jobs.run_training(db, rs, run_id) == "succeeded"
-    with db.session() as session:
-        run = session.get(TrainingRun, run_id)
-        assert run is not None
-        model = champions.champion_for(session, run.task_id, None)
-        assert model is not None and model.id == run.model_id
-        location = model.artifact_path or ""
-        assert location.startswith("file://") and str(store) in location
-        lineage = json.loads(artifacts.read_text(location, "lineage.json") or "{}")
-        assert lineage["train_ids"]
-        clf = registry.load_model(model)
+    model = train_to(db, settings, tiny_base, f"file://{store}")
+    location = model.artifact_path or ""
+    assert location.startswith("file://") and str(store) in location
+    lineage = json.loads(artifacts.read_text(location, "lineage.json") or "{}")
+    assert lineage["train_ids"]
+    clf = registry.load_model(model)
     assert clf.predict_proba(["refund my money"]).shape == (1, 3)
     assert any(cache.iterdir())  # the web node read it from its own download, not the trainer's disk
     assert not any(p.name.startswith(".tmp-run") for p in store.rglob("*"))

@@ -21,18 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from flywheel.app import create_app
 from flywheel.core.config import Settings
-from flywheel.core.db import Database
-from flywheel.domain import artifacts, champions
-from flywheel.models.records import Task
-from flywheel.models.training import ModelVersion, TrainingRun
-from flywheel.retrain import jobs, registry
+from flywheel.domain import artifacts
+from flywheel.models.training import ModelVersion
+from flywheel.retrain import registry
 
 from support import World
-from support.retrain import LABELS, TASK, add_labeled, make_task
+from support.retrain import LABELS, TASK, train_to
 
 KEY, SECRET, REGION = "flywheel-test", "flywheel-test-secret", "us-east-1"
 
@@ -157,33 +154,12 @@ def test_publish_to_s3_is_whole_or_absent_and_a_reader_downloads_it(
     assert not artifacts.exists(url) and not store.fs().exists(f"{store.bucket}/flywheel/task/run-1")
 
 
-def _train_to(db: Database, settings: Settings, tiny_base: Path, artifacts_dir: str) -> ModelVersion:
-    """A few-shot training run (in this process, as a worker runs it) writing its model to ``artifacts_dir``."""
-    rs = settings.with_(
-        artifacts_dir=artifacts_dir, holdout_percent=20, few_shot_min_per_class=2, fine_tune_min_labels=100_000
-    )
-    make_task(db, tiny_base)
-    add_labeled(db, "acme", 90, seed=1)
-    with db.session() as session:
-        task = session.scalar(select(Task).where(Task.name == TASK))
-        assert task is not None
-        run_id = jobs.queue_run(session, task, None, trigger="test").id
-    assert jobs.run_training(db, rs, run_id) == "succeeded"
-    with db.session() as session:
-        run = session.get(TrainingRun, run_id)
-        assert run is not None
-        model = champions.champion_for(session, run.task_id, None)
-        assert model is not None and model.id == run.model_id
-        session.expunge(model)
-        return model
-
-
 def test_a_model_trained_to_s3_serves_from_a_web_node_s_own_download(
     world: World, settings: Settings, tiny_base: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = store.url("flywheel")
     _web_node_cache(monkeypatch, tmp_path / "trainer-cache")
-    model = _train_to(world.db, settings, tiny_base, root)
+    model = train_to(world.db, settings, tiny_base, root)
     location = model.artifact_path or ""
     assert location.startswith(f"{root}/{TASK}/")
     prefix = location.removeprefix(f"s3://{store.bucket}/") + "/"
@@ -231,7 +207,7 @@ def test_another_process_loads_the_model_with_fsspec_storage_options(
 ) -> None:
     """A separate Python process with no AWS variables: the endpoint and credentials come from fsspec's own
     configuration (``FSSPEC_S3``, the same as ``~/.config/fsspec/s3.json``)."""
-    model = _train_to(world.db, settings, tiny_base, store.url("flywheel"))
+    model = train_to(world.db, settings, tiny_base, store.url("flywheel"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "FLYWHEEL_"))}
     env.update(
         AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),

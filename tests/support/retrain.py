@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from flywheel.core.config import Settings
 from flywheel.core.db import Database
+from flywheel.domain import champions
 from flywheel.domain.ingest import ingest_feedback, ingest_predictions
 from flywheel.domain.schemas import FeedbackIn, PredictionIn
 from flywheel.models.records import Prediction, Task, Tenant
+from flywheel.models.training import ModelVersion, TrainingRun
+from flywheel.retrain import jobs
 from flywheel.retrain.registry import ensure_zero_shot
 
 KEYWORDS = {
@@ -126,3 +130,24 @@ def shuffle_training_labels(db: Database, holdout_percent: int, seed: int = 1) -
         for r, label in zip(rows, labels, strict=True):
             r.effective_label = rotate[label] if rng.random() < 0.9 else label
         return len(rows)
+
+
+def train_to(db: Database, settings: Settings, tiny_base: Path, artifacts_dir: str) -> ModelVersion:
+    """A few-shot training run (in this process, as a worker runs it) writing its model to ``artifacts_dir``."""
+    rs = settings.with_(
+        artifacts_dir=artifacts_dir, holdout_percent=20, few_shot_min_per_class=2, fine_tune_min_labels=100_000
+    )
+    make_task(db, tiny_base)
+    add_labeled(db, "acme", 90, seed=1)
+    with db.session() as session:
+        task = session.scalar(select(Task).where(Task.name == TASK))
+        assert task is not None
+        run_id = jobs.queue_run(session, task, None, trigger="test").id
+    assert jobs.run_training(db, rs, run_id) == "succeeded"
+    with db.session() as session:
+        run = session.get(TrainingRun, run_id)
+        assert run is not None
+        model = champions.champion_for(session, run.task_id, None)
+        assert model is not None and model.id == run.model_id
+        session.expunge(model)
+        return model
