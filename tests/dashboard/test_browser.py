@@ -26,29 +26,21 @@ from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion
 
 from support import LABELS
-from support.dashboard import add_model, add_predictions, add_training_run, seed_monitoring
+from support.dashboard import (
+    BROWSER_TEST,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    add_model,
+    add_predictions,
+    add_training_run,
+    seed_monitoring,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # `make screenshots` points this at docs/screenshots to refresh the README's pictures; a test run writes to a
 # temporary folder and leaves the tree clean.
 SCREENSHOTS_ENV = "FLYWHEEL_SCREENSHOTS_DIR"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium (make browsers)"
-    ),
-]
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(scope="module")

@@ -19,28 +19,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from support.dashboard import BROWSER_TEST, CHROMIUM, CHROMIUM_ARGS
 from support.servers import Deployment, Server, prepare_deployment, start_gunicorn, stop_servers, worker_by_attempt
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SIGN_INS = 20
 AT_ONCE = 4
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's chromium (make browsers)"
-    ),
-]
+pytestmark = BROWSER_TEST
 
 
 @dataclass
