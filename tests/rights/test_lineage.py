@@ -4,7 +4,6 @@ champion tainted too long raises one alert per tenant it serves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,27 +21,9 @@ from flywheel.models.training import ChampionSlot, ModelTrainingRow, ModelVersio
 from flywheel.monitoring.taint import alert_stale_taints
 from flywheel.retrain import jobs
 
-from support.retrain import HOLDOUT, TASK, add_labeled, build_tiny_base, make_task
+from support.retrain import TASK, add_labeled, make_task, one_torch_thread, rs, tiny_base
 
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def rs(settings: Settings) -> Settings:
-    return settings.with_(holdout_percent=HOLDOUT, few_shot_min_per_class=2, fine_tune_min_labels=100_000)
+__all__ = ["one_torch_thread", "rs", "tiny_base"]  # the fixtures this module uses
 
 
 def key_of(db: Database, slug: str | None, scopes: list[str]) -> dict[str, str]:
