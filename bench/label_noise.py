@@ -9,6 +9,16 @@ flagged set against the flipped set for
 
 and the time of each stage (embedding, cross-validation, cleanlab) next to a bare ``find_label_issues`` call on the
 same arrays. Run from the repo root: ``.venv/bin/python bench/label_noise.py`` (``--rows 2000`` for a quick look).
+
+``--logged`` runs the logged-external-model case instead: each dataset is split in two halves at a fixed seed; a
+customer model of its own kind (TF-IDF word and character n-grams + logistic regression, trained on one half's
+labels, with their own flips) logs its probabilities on the other half, whose labels are then flipped and checked,
+at 2,000 labels and at the whole half, by
+
+- ``naive cv``: frozen MiniLM + logistic regression, 5-fold, cleanlab's defaults (the reference pipeline alone);
+- ``naive avg``: the same probabilities averaged 50/50 with the logged ones;
+- ``flywheel cv``: the pass without the logged probabilities;
+- ``flywheel``: the pass with them, each logging model at its fitted weight (shown).
 """
 
 from __future__ import annotations
@@ -80,9 +90,14 @@ def main() -> None:
     parser.add_argument(
         "--ablation", action="store_true", help="instead: every classifier x cleanlab-filter variant, P/R/F1 only"
     )
+    parser.add_argument("--logged", action="store_true", help="instead: the logged-external-model case")
+    parser.add_argument("--sizes", default="2000,0", help="--logged: labeled-set sizes (0 = the whole half)")
     args = parser.parse_args()
     if args.ablation:
         ablation(args)
+        return
+    if args.logged:
+        logged_case(args)
         return
 
     config = CheckConfig()
@@ -196,6 +211,75 @@ def ablation(args: argparse.Namespace) -> None:
                             f"{p:>6.3f} {r:>6.3f} {f1:>6.3f}",
                             flush=True,
                         )
+
+
+def customer_model(texts: list[str], labels: np.ndarray, k: int, scored: list[str]) -> np.ndarray:
+    """``(len(scored), K)``: the probabilities a customer's own model (TF-IDF word 1-2-grams and character 2-5-grams,
+    logistic regression) trained on ``texts`` / ``labels`` logs for ``scored``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
+    )
+    model = make_pipeline(features, LogisticRegression(C=10.0, max_iter=1000))
+    model.fit(texts, labels)
+    out = np.zeros((len(scored), k))
+    out[:, model.classes_] = model.predict_proba(scored)
+    return out
+
+
+def logged_case(args: argparse.Namespace) -> None:
+    """The logged-external-model case: P/R/F1 of each pipeline at each size, 20% (``--rates``) uniform flips."""
+    print(
+        f"{'dataset':<10} {'size':>6} {'rate':>4} {'customer acc':>12} {'pipeline':<12} {'P':>6} {'R':>6} {'F1':>6} "
+        f"{'flagged':>7} {'weight':>6}"
+    )
+    for name in args.datasets.split(","):
+        texts, y, classes = load(name, None, args.seed)
+        x, _, _ = embed(name, texts, args.cache_dir)
+        k = len(classes)
+        half = np.random.default_rng(args.seed).permutation(len(y))
+        train, rest = half[: len(y) // 2], half[len(y) // 2 :]
+        own_noisy, _ = flip_labels(y[train], k, rate=float(args.rates.split(",")[-1]), seed=args.seed + 1)
+        logged = customer_model([texts[i] for i in train], own_noisy, k, [texts[i] for i in rest])
+        for size in (int(v) for v in args.sizes.split(",")):
+            pick = (
+                np.arange(len(rest))
+                if size <= 0 or size >= len(rest)
+                else np.sort(np.random.default_rng(args.seed).choice(len(rest), size, replace=False))
+            )
+            xs, ys, ls = x[rest[pick]], y[rest[pick]], logged[pick]
+            accuracy = float((ls.argmax(axis=1) == ys).mean())
+            for rate in (float(r) for r in args.rates.split(",")):
+                noisy, flipped = flip_labels(ys, k, rate=rate, seed=args.seed)
+                for tag, flagged, weight in _logged_pipelines(xs, noisy, k, ls, args.seed):
+                    p, r, f1 = precision_recall_f1(flagged, flipped)
+                    print(
+                        f"{name:<10} {len(ys):>6} {rate:>4.0%} {accuracy:>12.3f} {tag:<12} {p:>6.3f} {r:>6.3f} "
+                        f"{f1:>6.3f} {int(flagged.sum()):>7} {weight:>6}",
+                        flush=True,
+                    )
+
+
+def _logged_pipelines(
+    x: np.ndarray, noisy: np.ndarray, k: int, logged: np.ndarray, seed: int
+) -> list[tuple[str, np.ndarray, str]]:
+    """(name, flagged mask, logged weight) of each pipeline on one noisy labeled set."""
+    naive, _ = cross_val_probabilities(x, noisy, k, config=OOSConfig(C=1.0, knn_k=0, folds=5, seed=seed))
+    avg = (naive + logged / logged.sum(axis=1, keepdims=True)) / 2
+    usable = np.ones(len(noisy), dtype=bool)
+    alone = check_labels(x, noisy, k)
+    both = check_labels(x, noisy, k, production_probs=logged, production_usable=usable)
+    weight = next(iter(both.logged.values())).weight if both.logged else 0.0
+    return [
+        ("naive cv", cleanlab_adapter.bare_find_label_issues(noisy, naive), "-"),
+        ("naive avg", cleanlab_adapter.bare_find_label_issues(noisy, avg), "0.50"),
+        ("flywheel cv", alone.issues.is_issue, "-"),
+        ("flywheel", both.issues.is_issue, f"{weight:.2f}"),
+    ]
 
 
 if __name__ == "__main__":

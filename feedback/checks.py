@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flywheel.feedback.cleanlab_adapter import BATCHED_ABOVE, LabelIssues, find_label_issues
-from flywheel.feedback.oos import OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.oos import LoggedWeight, OOSConfig, out_of_sample_probabilities
 
 #: Labels per class from which cleanlab's estimated number of issues is trusted in full for training. Below it, the
 #: out-of-sample model is weak and that estimate runs high (banking77 at 20% noise, measured in
@@ -92,6 +92,7 @@ class LabelCheck:
     exclude: np.ndarray
     weights: np.ndarray
     timings: dict[str, float]
+    logged: dict[str, LoggedWeight] = field(default_factory=dict)
 
 
 def trusted_share(labels: np.ndarray, full_trust_per_class: float = FULL_TRUST_PER_CLASS) -> float:
@@ -172,5 +173,11 @@ def check_labels(
     t2 = time.perf_counter()
     timings = {"cross_validation": t1 - t0, "cleanlab": t2 - t1, **{f"cv_{k}": v for k, v in oos.timings.items()}}
     return LabelCheck(
-        probs=oos.probs, sources=oos.sources, issues=issues, exclude=exclude, weights=weights, timings=timings
+        probs=oos.probs,
+        sources=oos.sources,
+        issues=issues,
+        exclude=exclude,
+        weights=weights,
+        timings=timings,
+        logged=oos.logged,
     )

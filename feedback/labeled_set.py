@@ -23,8 +23,11 @@ from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.holdout import outside_holdout
 from flywheel.models.records import Feedback, Prediction, Task
 
-#: Rungs whose logged probabilities may serve as a second out-of-sample source (zero-shot ones are too weak).
+#: Rungs of our own models whose logged probabilities may serve as an out-of-sample source (zero-shot ones are
+#: too weak).
 PRODUCTION_RUNGS = ("few_shot", "fine_tuned")
+#: The name of a logging model the caller gave no ``model_version`` for.
+UNVERSIONED = "unversioned"
 #: Texts embedded per session (and per progress step).
 EMBED_STEP = 1024
 #: Prediction ids per ``IN (...)`` query.
@@ -38,7 +41,11 @@ def annotator_key(vote: Vote) -> str:
 
 @dataclass
 class LabeledItem:
-    """One labeled prediction: its effective label, its feedback votes in time order, what the model logged."""
+    """One labeled prediction: its effective label, its feedback votes in time order, what the model logged.
+
+    ``in_sample``: the caller said the logging model trained on this item; ``first_label_at``: when its earliest
+    vote was given (None before votes are attached).
+    """
 
     prediction_id: int
     text: str
@@ -47,6 +54,8 @@ class LabeledItem:
     probabilities: dict[str, float] | None
     model_version: str | None
     created_at: datetime
+    in_sample: bool = False
+    first_label_at: datetime | None = None
 
     @property
     def reviewed(self) -> bool:
@@ -77,7 +86,8 @@ class LabeledSet:
     """Everything one pass scores for one (tenant, task).
 
     ``production_models``: version → creation time of our own served models (``PRODUCTION_RUNGS``) that logged
-    probabilities for some of ``items``.
+    probabilities for some of ``items``; ``own_models``: every version among them that our registry holds, of any
+    rung (the others are the customer's own models).
     """
 
     tenant_id: int
@@ -86,6 +96,7 @@ class LabeledSet:
     items: list[LabeledItem]
     unlabeled: list[UnlabeledItem]
     production_models: dict[str, datetime]
+    own_models: frozenset[str] = frozenset()
 
     @property
     def index(self) -> dict[str, int]:
@@ -102,12 +113,39 @@ class LabeledSet:
         return probability_matrix([it.probabilities for it in self.items], self.labels)
 
     def production_usable(self) -> np.ndarray:
-        """``(N,)`` bool: the logged probabilities are out-of-sample, i.e. they come from one of our own served models
-        created no later than the prediction (so it never trained on that example)."""
+        """``(N,)`` bool: the logged probabilities are out-of-sample for the item's label.
+
+        - Never where the caller marked the item ``in_sample`` (the logging model trained on it).
+        - Our own models (in the registry): only production rungs, created no later than the prediction (a model
+          trains only on labels that existed before it, so it never trained on that example).
+        - Any other model (the customer's own): where the probabilities were logged no later than the item's first
+          label, so no label of it existed to train on.
+        """
         created = self.production_models
-        return np.array(
-            [bool(it.model_version in created and it.created_at >= created[it.model_version]) for it in self.items]
-        )
+        out = np.zeros(len(self.items), dtype=bool)
+        for i, it in enumerate(self.items):
+            if it.probabilities is None or it.in_sample:
+                continue
+            version = it.model_version
+            if version is not None and version in self.own_models:
+                out[i] = version in created and it.created_at >= created[version]
+            else:
+                out[i] = it.first_label_at is None or it.created_at <= it.first_label_at
+        return out
+
+    def logging_models(self) -> np.ndarray:
+        """``(N,)`` str: the model that logged each item's probabilities (``UNVERSIONED`` where none was named)."""
+        return np.array([it.model_version or UNVERSIONED for it in self.items], dtype=object)
+
+    def reviewed_label_ids(self) -> np.ndarray:
+        """``(N,)`` int: the class a reviewer decided for each item, -1 where none did (or discarded it)."""
+        index = self.index
+        out = np.full(len(self.items), -1, dtype=np.int64)
+        for i, it in enumerate(self.items):
+            decided = [v.label for v in it.votes if v.source == "reviewer" and v.label in index]
+            if decided:
+                out[i] = index[decided[-1]]
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,13 +179,15 @@ def load_labeled_set(db: Database, settings: Settings, tenant_id: int, task_id: 
         assert task is not None
         items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels))
         _attach_votes(session, items)
+        production, own = _registry_models(session, task_id, items)
         return LabeledSet(
             tenant_id=tenant_id,
             task_id=task_id,
             labels=list(task.labels),
             items=items,
             unlabeled=_unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
-            production_models=_production_models(session, items),
+            production_models=production,
+            own_models=own,
         )
 
 
@@ -162,6 +202,7 @@ def _labeled_items(
             Prediction.probabilities,
             Prediction.model_version,
             Prediction.created_at,
+            Prediction.in_sample,
         )
         .where(
             Prediction.tenant_id == tenant_id,
@@ -173,24 +214,35 @@ def _labeled_items(
         .order_by(Prediction.id)
     ).all()
     return [
-        LabeledItem(pid, text, label, [], probs, version, created)
-        for pid, text, label, probs, version, created in rows
+        LabeledItem(pid, text, label, [], probs, version, created, in_sample)
+        for pid, text, label, probs, version, created, in_sample in rows
         if label in valid
     ]
 
 
 def _attach_votes(session: Session, items: list[LabeledItem]) -> None:
-    """Fill each item's ``votes`` with its feedback, in time order (``Vote.order`` counts within one query chunk)."""
+    """Fill each item's ``votes`` with its feedback, in time order (``Vote.order`` counts within one query chunk),
+    and its ``first_label_at``."""
     by_id = {it.prediction_id: it for it in items}
     ids = list(by_id)
     for start in range(0, len(ids), ID_CHUNK):
         feedback = session.execute(
-            select(Feedback.prediction_id, Feedback.label, Feedback.source, Feedback.source_id, Feedback.decision)
+            select(
+                Feedback.prediction_id,
+                Feedback.label,
+                Feedback.source,
+                Feedback.source_id,
+                Feedback.decision,
+                Feedback.created_at,
+            )
             .where(Feedback.prediction_id.in_(ids[start : start + ID_CHUNK]))
             .order_by(Feedback.prediction_id, Feedback.created_at, Feedback.id)
         )
-        for n, (pid, label, source, source_id, decision) in enumerate(feedback):
-            by_id[pid].votes.append(Vote(label, source, source_id, decision, n))
+        for n, (pid, label, source, source_id, decision, at) in enumerate(feedback):
+            item = by_id[pid]
+            item.votes.append(Vote(label, source, source_id, decision, n))
+            if item.first_label_at is None:
+                item.first_label_at = at
 
 
 def _unlabeled_items(session: Session, tenant_id: int, task_id: int, cap: int) -> list[UnlabeledItem]:
@@ -209,19 +261,23 @@ def _unlabeled_items(session: Session, tenant_id: int, task_id: int, cap: int) -
     return [UnlabeledItem(pid, probs, label, conf) for pid, probs, label, conf in rows]
 
 
-def _production_models(session: Session, items: list[LabeledItem]) -> dict[str, datetime]:
-    """Version → creation time of the models among ``items``' logged versions that are ours and production rungs."""
+def _registry_models(
+    session: Session, task_id: int, items: list[LabeledItem]
+) -> tuple[dict[str, datetime], frozenset[str]]:
+    """Of ``items``' logged versions, those our registry holds for the task: version → creation time of the
+    production rungs (``PRODUCTION_RUNGS``), and every one of them whatever its rung."""
     from flywheel.models.training import ModelVersion
 
     versions = {it.model_version for it in items if it.model_version and it.probabilities}
     if not versions:
-        return {}
+        return {}, frozenset()
     rows = session.execute(
         select(ModelVersion.version, ModelVersion.rung, ModelVersion.created_at).where(
-            ModelVersion.version.in_(sorted(versions))
+            ModelVersion.task_id == task_id, ModelVersion.version.in_(sorted(versions))
         )
-    )
-    return {version: created for version, rung, created in rows if rung in PRODUCTION_RUNGS}
+    ).all()
+    production = {version: created for version, rung, created in rows if rung in PRODUCTION_RUNGS}
+    return production, frozenset(version for version, _, _ in rows)
 
 
 def load_pool(db: Database, settings: Settings, labeled: LabeledSet, encoder: Any) -> Pool:

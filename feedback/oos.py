@@ -1,12 +1,16 @@
 """Out-of-sample predicted probabilities for labeled examples, and the record of where each one came from.
 
 cleanlab is only as good as these: a model that trained on an example cannot say its label looks wrong. So every
-probability here is out-of-sample, from one of two sources:
+probability here is out-of-sample, from one of two kinds of source:
 
 - ``cv``: K-fold cross-validation of fast classifiers on frozen base-encoder embeddings (each example is scored by
   models that never saw it): logistic regression, optionally averaged with a cosine k-nearest-neighbour vote;
-- ``production``: the probabilities the production model logged for the example, usable only when that model never
-  trained on it (the caller decides, and says so with a mask).
+- ``logged``: the probabilities a production model logged for the example (one of ours or the customer's own),
+  usable only when that model never trained on it (the caller decides, and says so with a mask).
+
+Each logging model is a source of its own, mixed with the cross-validated probabilities at a weight fitted to how
+well its probabilities explain reference labels (reviewed ones where there are enough, else the given ones;
+``fit_logged_weight``): a strong customer model earns most of the say, a weak one little.
 
 scikit-learn is imported inside the functions (nothing heavy at import).
 """
@@ -20,6 +24,10 @@ import numpy as np
 
 SOURCE_CV = "cv"
 SOURCE_CV_PRODUCTION = "cv+production"
+#: The logging-model name used where the caller gives none.
+DEFAULT_LOGGED = "production"
+#: The mixing weights tried when fitting a logged source's weight.
+WEIGHT_GRID = np.linspace(0.0, 1.0, 21)
 
 
 @dataclass(frozen=True)
@@ -29,14 +37,20 @@ class OOSConfig:
     ``folds``: K of the K-fold cross-validation; ``C``: inverse regularization of the logistic regression (the
     embeddings are unit-norm, so cleanlab wants a fairly weak penalty); ``knn_k``: neighbours of the kNN vote,
     0 to switch it off; ``knn_weight``: its weight in the average with the logistic regression;
-    ``production_weight``: the weight of a usable logged production probability against the CV one.
+    ``production_weight``: the weight of a usable logged probability against the CV one, or None to fit it per
+    logging model (``fit_logged_weight``); ``min_reference``: reviewed labels a logging model needs before its
+    weight is fitted on them rather than on the given labels; ``prior_items``: the fitted weight is shrunk towards
+    ``prior_weight`` as if that many items had voted for it (a model seen on few items keeps near the prior).
     """
 
     folds: int = 5
     C: float = 3.0
     knn_k: int = 10
     knn_weight: float = 0.5
-    production_weight: float = 0.5
+    production_weight: float | None = None
+    prior_weight: float = 0.5
+    min_reference: int = 30
+    prior_items: int = 20
     seed: int = 0
     max_iter: int = 300
     #: BLAS threads while fitting. One is fastest here: a (D=384, K<=150) fit is too small to split, and on a
@@ -45,12 +59,42 @@ class OOSConfig:
 
 
 @dataclass(frozen=True)
+class LoggedWeight:
+    """How much one logging model's probabilities count against the cross-validated ones, and why.
+
+    ``n``: items it scored; ``reference``: ``"reviewed"`` or ``"given"`` labels the weight was fitted on
+    (``"prior"``: too few items to fit); ``n_reference``: how many; ``accuracy`` / ``cv_accuracy``: how often its
+    top class / the cross-validation's matches those labels on the same items; ``weight``: its share of the mix.
+    """
+
+    model: str
+    n: int
+    reference: str
+    n_reference: int
+    accuracy: float | None
+    cv_accuracy: float | None
+    weight: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "reference": self.reference,
+            "n_reference": self.n_reference,
+            "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+            "cv_accuracy": None if self.cv_accuracy is None else round(self.cv_accuracy, 4),
+            "weight": round(self.weight, 4),
+        }
+
+
+@dataclass(frozen=True)
 class OOSProbabilities:
-    """``probs``: ``(N, K)`` rows summing to 1; ``sources``: ``(N,)`` str, which source(s) scored each row."""
+    """``probs``: ``(N, K)`` rows summing to 1; ``sources``: ``(N,)`` str, which source(s) scored each row
+    (``cv``, or ``cv+<logging model>``); ``logged``: the weight of each logging model used."""
 
     probs: np.ndarray
     sources: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    logged: dict[str, LoggedWeight] = field(default_factory=dict)
 
 
 def _normalize(probs: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -153,6 +197,46 @@ def _cross_val_probabilities(
     return _normalize(probs), timings
 
 
+def fit_logged_weight(
+    cv: np.ndarray, logged: np.ndarray, labels: np.ndarray, *, noise_floor: float = 0.2
+) -> tuple[float, float]:
+    """The weight ``w`` in ``w * logged + (1 - w) * cv`` that best explains ``labels`` ``(n,)``, and its score.
+
+    Maximum likelihood over ``WEIGHT_GRID``, each label's likelihood floored by a uniform ``noise_floor`` share:
+    reference labels may themselves be wrong (given labels are, at the noise rate), and one wrong label must not
+    decide the weight by the model that hedged on it.
+    """
+    k = cv.shape[1]
+    rows = np.arange(len(labels))
+    p_cv, p_log = cv[rows, labels], logged[rows, labels]
+    mix = WEIGHT_GRID[:, None] * p_log[None, :] + (1 - WEIGHT_GRID[:, None]) * p_cv[None, :]
+    ll = np.log((1 - noise_floor) * mix + noise_floor / k).mean(axis=1)
+    best = int(np.argmax(ll))
+    return float(WEIGHT_GRID[best]), float(ll[best])
+
+
+def _logged_weight(
+    model: str, cv: np.ndarray, logged: np.ndarray, labels: np.ndarray, reference: np.ndarray, config: OOSConfig
+) -> LoggedWeight:
+    """One logging model's weight over the items it scored: fitted on their reviewed labels where
+    ``config.min_reference`` of them are, else on their given labels, and shrunk towards the prior."""
+    n = len(labels)
+    if config.production_weight is not None:
+        return LoggedWeight(model, n, "fixed", 0, None, None, config.production_weight)
+    reviewed = reference >= 0
+    if reviewed.sum() >= config.min_reference:
+        kind, ref, cv, logged = "reviewed", reference[reviewed], cv[reviewed], logged[reviewed]
+    else:
+        kind, ref = "given", labels
+    if len(ref) == 0:
+        return LoggedWeight(model, n, "prior", 0, None, None, config.prior_weight)
+    fitted, _ = fit_logged_weight(cv, logged, ref)
+    m = len(ref)
+    weight = (m * fitted + config.prior_items * config.prior_weight) / (m + config.prior_items)
+    accuracy = float((logged.argmax(axis=1) == ref).mean())
+    return LoggedWeight(model, n, kind, m, accuracy, float((cv.argmax(axis=1) == ref).mean()), weight)
+
+
 def out_of_sample_probabilities(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -160,23 +244,41 @@ def out_of_sample_probabilities(
     *,
     production_probs: np.ndarray | None = None,
     production_usable: np.ndarray | None = None,
+    production_models: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
     config: OOSConfig | None = None,
 ) -> OOSProbabilities:
-    """Cross-validated probabilities, averaged with logged production ones where those are out-of-sample.
+    """Cross-validated probabilities, mixed with logged ones where those are out-of-sample.
 
-    ``production_probs``: ``(N, K)`` (rows of zeros where none was logged); ``production_usable``: ``(N,)`` bool,
-    True only where the logging model never trained on that example. ``sources`` says which rows used which.
+    ``production_probs``: ``(N, K)`` logged probabilities (rows of zeros where none was logged);
+    ``production_usable``: ``(N,)`` bool, True only where the logging model never trained on that example;
+    ``production_models``: ``(N,)`` str, which model logged each row (one weight per model; default: one model);
+    ``reference``: ``(N,)`` int, a reviewer's label per row or -1, what logged weights are fitted on first.
+    ``sources`` says which rows used which source; ``logged`` holds each logging model's weight.
     """
     config = config or OOSConfig()
     probs, timings = cross_val_probabilities(embeddings, labels, n_classes, config=config)
     sources = np.full(len(probs), SOURCE_CV, dtype=object)
-    if production_probs is not None and production_usable is not None:
-        prod = np.asarray(production_probs, dtype=np.float64)
-        use = np.asarray(production_usable, dtype=bool) & (prod.sum(axis=1) > 0)
-        if prod.shape != probs.shape:
-            raise ValueError(f"production_probs must have shape {probs.shape}, got {prod.shape}")
-        if use.any():
-            w = config.production_weight
-            probs[use] = _normalize((1 - w) * probs[use] + w * _normalize(prod[use]))
-            sources[use] = SOURCE_CV_PRODUCTION
-    return OOSProbabilities(probs=probs, sources=sources, timings=timings)
+    if production_probs is None or production_usable is None:
+        return OOSProbabilities(probs=probs, sources=sources, timings=timings)
+    prod = np.asarray(production_probs, dtype=np.float64)
+    if prod.shape != probs.shape:
+        raise ValueError(f"production_probs must have shape {probs.shape}, got {prod.shape}")
+    use = np.asarray(production_usable, dtype=bool) & (prod.sum(axis=1) > 0)
+    models = (
+        np.full(len(probs), DEFAULT_LOGGED, dtype=object)
+        if production_models is None
+        else np.asarray(production_models, dtype=object)
+    )
+    ref = np.full(len(probs), -1) if reference is None else np.asarray(reference, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    weights: dict[str, LoggedWeight] = {}
+    mixed = probs.copy()
+    for model in sorted({str(m) for m in models[use]}):
+        rows = np.flatnonzero(use & (models == model))
+        logged = _normalize(prod[rows])
+        lw = _logged_weight(model, probs[rows], logged, y[rows], ref[rows], config)
+        weights[model] = lw
+        mixed[rows] = _normalize((1 - lw.weight) * probs[rows] + lw.weight * logged)
+        sources[rows] = SOURCE_CV_PRODUCTION if production_models is None else f"{SOURCE_CV}+logged:{model}"
+    return OOSProbabilities(probs=mixed, sources=sources, timings=timings, logged=weights)

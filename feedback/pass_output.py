@@ -136,6 +136,7 @@ def pass_summary(
         "n_unlabeled_scored": len(labeled.unlabeled),
         "cleanlab_method": verdict.issues.method,
         "oos_sources": dict(Counter(str(s) for s in scores.sources)),
+        "logged_models": {model: w.as_dict() for model, w in scores.logged.items()},
         "cv_folds": cv_folds,
         "consensus": consensus.summary(),
         "excluded_sources": sorted(a for a, s in sources.items() if s.excluded),

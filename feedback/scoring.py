@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.annotators import annotator_matrix
 from flywheel.feedback.checks import exclusion_mask, label_weights, trusted_share
 from flywheel.feedback.labeled_set import LabeledItem, LabeledSet, Pool, UnlabeledItem, probability_matrix
-from flywheel.feedback.oos import OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.oos import LoggedWeight, OOSConfig, out_of_sample_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OutOfSampleScores:
     """``probs`` ``(N, K)`` and ``sources`` ``(N,)`` for the set's own items; ``pooled_probs`` ``(N + M, K)`` for
-    them followed by the pool's ``M`` rows, whose labels are ``pool_label_ids`` ``(M,)``."""
+    them followed by the pool's ``M`` rows, whose labels are ``pool_label_ids`` ``(M,)``; ``logged``: the weight of
+    each logging model whose probabilities were mixed in."""
 
     probs: np.ndarray
     sources: np.ndarray
     pooled_probs: np.ndarray
     pool_label_ids: np.ndarray
+    logged: dict[str, LoggedWeight] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class ActiveScores:
 
 
 def out_of_sample_scores(labeled: LabeledSet, embeddings: np.ndarray, pool: Pool, *, folds: int) -> OutOfSampleScores:
-    """K-fold cross-validated probabilities on ``embeddings`` ``(N, D)``, averaged with our served models' logged
-    probabilities where those are out-of-sample.
+    """K-fold cross-validated probabilities on ``embeddings`` ``(N, D)``, mixed with the logged probabilities of
+    every model (ours or the customer's) where those are out-of-sample, each model at its fitted weight.
 
     The pool joins the cross-validation as extra training rows: the shared model learns from all of them anyway,
     and one tenant's few labels per class make a weak out-of-sample model that flags far too many good labels
@@ -76,14 +78,24 @@ def out_of_sample_scores(labeled: LabeledSet, embeddings: np.ndarray, pool: Pool
     n, k, m = len(labeled.items), len(labeled.labels), len(pool)
     x, y = embeddings, labeled.label_ids()
     prod, usable = labeled.production_probs(), labeled.production_usable()
+    models, reference = labeled.logging_models(), labeled.reviewed_label_ids()
     if m:
         x, y = np.concatenate([x, pool.embeddings]), np.concatenate([y, pool.label_ids])
         prod = np.concatenate([prod, np.zeros((m, k))])
         usable = np.concatenate([usable, np.zeros(m, dtype=bool)])
+        models = np.concatenate([models, np.full(m, "", dtype=object)])
+        reference = np.concatenate([reference, np.full(m, -1, dtype=np.int64)])
     oos = out_of_sample_probabilities(
-        x, y, k, production_probs=prod, production_usable=usable, config=OOSConfig(folds=folds)
+        x,
+        y,
+        k,
+        production_probs=prod,
+        production_usable=usable,
+        production_models=models,
+        reference=reference,
+        config=OOSConfig(folds=folds),
     )
-    return OutOfSampleScores(oos.probs[:n], oos.sources[:n], oos.probs, pool.label_ids)
+    return OutOfSampleScores(oos.probs[:n], oos.sources[:n], oos.probs, pool.label_ids, oos.logged)
 
 
 def label_verdict(items: Sequence[LabeledItem], labels: np.ndarray, scores: OutOfSampleScores) -> LabelVerdict:

@@ -338,6 +338,7 @@ def ingest_predictions(
             "confidence": item.confidence,
             "probabilities": item.probabilities,
             "model_version": item.model_version,
+            "in_sample": item.in_sample,
             "metadata": item.metadata,
             "created_at": item.created_at or now,
             "received_at": now,

@@ -298,6 +298,10 @@ class PredictionIn(Strict):
     confidence: Number = Field(ge=0.0, le=1.0)
     probabilities: dict[LabelName, Annotated[Number, Field(ge=0.0, le=1.0)]] | None = None
     model_version: ShortText | None = None
+    in_sample: StrictBool = Field(
+        default=False,
+        description="the model that produced `probabilities` trained on this item: they then never judge its label",
+    )
     created_at: Timestamp | None = Field(default=None, description="when the prediction was made; default now")
     metadata: dict[str, Any] | None = None
 
@@ -338,6 +342,7 @@ class PredictionOut(BaseModel):
     confidence: float
     probabilities: dict[str, float] | None
     model_version: str | None
+    in_sample: bool = False
     created_at: datetime
     metadata: dict[str, Any] | None
     feedback: list[FeedbackOut]

@@ -91,7 +91,7 @@ class LabelQualityResult(Base):
     quality: Mapped[float | None] = mapped_column(Float)
     is_issue: Mapped[bool] = mapped_column(Boolean, default=False)
     suggested_label: Mapped[str | None] = mapped_column(String(200))
-    oos_source: Mapped[str | None] = mapped_column(String(32))
+    oos_source: Mapped[str | None] = mapped_column(String(240))
     consensus_label: Mapped[str | None] = mapped_column(String(200))
     consensus_quality: Mapped[float | None] = mapped_column(Float)
     consensus_method: Mapped[str | None] = mapped_column(String(32))

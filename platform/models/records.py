@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -119,6 +120,8 @@ class Prediction(Base):
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, float] | None] = mapped_column(JSONType)
     model_version: Mapped[str | None] = mapped_column(String(200))
+    #: The model that logged ``probabilities`` trained on this item: they are no out-of-sample signal for its label.
+    in_sample: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -77,6 +77,7 @@ def predictions_out(session: Session, rows: Sequence[Prediction]) -> list[Predic
             confidence=p.confidence,
             probabilities=p.probabilities,
             model_version=p.model_version,
+            in_sample=p.in_sample,
             created_at=p.created_at,
             metadata=p.metadata_,
             feedback=by_prediction.get(p.id, []),

@@ -127,6 +127,7 @@ def test_one_bad_item_rejects_the_whole_batch_and_lists_every_bad_index(client, 
         ({"confidence": 0.2, "probabilities": {"card_arrival": 0.2, "card_linking": 0.8}}, "probabilities"),
         ({"created_at": "2026-11-27T01:00:00"}, "created_at"),  # no offset: not RFC 3339
         ({"created_at": "yesterday"}, "created_at"),
+        ({"in_sample": "yes"}, "in_sample"),
         ({"unexpected": 1}, "unexpected"),
     ],
 )
@@ -150,9 +151,19 @@ def test_optional_fields_may_be_left_out(client, world: World) -> None:
     assert r.status_code == 201
     got = client.get("/v1/predictions/m", headers=world.auth(world.acme_rw)).json
     assert got["probabilities"] is None and got["metadata"] is None and got["created_at"]
+    assert got["in_sample"] is False
     # a replay without created_at is still a replay, not a conflict
     r = post(client, world, [{"id": "m", "task": "intent", "text": "hi", "label": "card_arrival", "confidence": 0.4}])
     assert (r.status_code, r.json["duplicates"]) == (200, 1)
+
+
+def test_in_sample_marks_what_the_logging_model_trained_on_and_is_part_of_the_content(client, world: World) -> None:
+    assert post(client, world, [prediction("seen", in_sample=True), prediction("unseen")]).status_code == 201
+    headers = world.auth(world.acme_rw)
+    assert client.get("/v1/predictions/seen", headers=headers).json["in_sample"] is True
+    assert client.get("/v1/predictions/unseen", headers=headers).json["in_sample"] is False
+    assert post(client, world, [prediction("seen", in_sample=True)]).json == {"accepted": 0, "duplicates": 1}
+    assert post(client, world, [prediction("seen")]).status_code == 409  # the same id, other content
 
 
 def test_repeated_id_inside_one_batch(client, world: World) -> None:

@@ -38,6 +38,8 @@ def _item(pid: int, label: str, *votes: tuple[str | None, str, str | None], **ex
         probabilities=extra.get("probabilities"),
         model_version=extra.get("model_version"),
         created_at=extra.get("created_at", T0),
+        in_sample=extra.get("in_sample", False),
+        first_label_at=extra.get("first_label_at"),
     )
 
 
@@ -99,10 +101,34 @@ def test_logged_probabilities_are_usable_only_from_our_production_models_created
         _item(3, "a", probabilities=logged, model_version="zero-shot-1", created_at=T0),  # not a production rung
         _item(4, "a"),
     ]
-    labeled = LabeledSet(1, 1, LABELS, items, [], {"v1": T0 - timedelta(days=1)})
+    own = frozenset({"v1", "zero-shot-1"})
+    labeled = LabeledSet(1, 1, LABELS, items, [], {"v1": T0 - timedelta(days=1)}, own)
     assert labeled.production_usable().tolist() == [True, False, False, False]
     np.testing.assert_allclose(labeled.production_probs()[0], [0.7, 0.3, 0.0])
     np.testing.assert_allclose(labeled.production_probs()[3], [0.0, 0.0, 0.0])
+
+
+def test_a_customer_models_probabilities_count_for_labels_given_after_them_unless_marked_in_sample() -> None:
+    logged = {"a": 0.7, "b": 0.3}
+    later = T0 + timedelta(hours=1)
+    items = [
+        _item(1, "a", probabilities=logged, model_version="theirs-7", first_label_at=later),  # logged, then labeled
+        _item(2, "a", probabilities=logged, model_version="theirs-7", first_label_at=later, in_sample=True),
+        _item(3, "a", probabilities=logged, model_version="theirs-7", first_label_at=T0 - timedelta(hours=1)),
+        _item(4, "a", probabilities=logged, first_label_at=later),  # no version named: still the customer's model
+        _item(5, "a", probabilities=logged, model_version="v1", first_label_at=later),  # ours, trained after it
+    ]
+    labeled = LabeledSet(1, 1, LABELS, items, [], {"v1": T0 + timedelta(days=1)}, frozenset({"v1"}))
+    assert labeled.production_usable().tolist() == [True, False, False, True, False]
+    assert labeled.logging_models().tolist() == ["theirs-7", "theirs-7", "theirs-7", "unversioned", "v1"]
+
+
+def test_reviewed_label_ids_hold_the_latest_reviewer_decision() -> None:
+    items = [
+        _item(1, "a", ("a", "end_user", "u"), ("b", "reviewer", "r"), ("c", "reviewer", "r")),
+        _item(2, "a", ("a", "end_user", "u")),
+    ]
+    assert LabeledSet(1, 1, LABELS, items, [], {}).reviewed_label_ids().tolist() == [2, -1]
 
 
 def test_unlabeled_probabilities_fall_back_to_the_logged_label_softened_by_its_confidence() -> None:

@@ -185,6 +185,41 @@ def test_production_probabilities_are_averaged_only_where_usable(banking) -> Non
     np.testing.assert_allclose(both.probs.sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_each_logging_model_weighs_as_much_as_it_explains_the_labels(banking) -> None:
+    x, y, names = banking
+    k, n = len(names), len(y)
+    noisy, flipped = flip_labels(y, k, rate=0.2, seed=0)
+    rng = np.random.default_rng(0)
+    good = 0.1 / (k - 1) * np.ones((n, k))
+    good[np.arange(n), y] = 0.9  # a customer model that is right on every item
+    logged = np.where((np.arange(n) % 2 == 0)[:, None], good, rng.dirichlet(np.ones(k), size=n))
+    models = np.where(np.arange(n) % 2 == 0, "strong", "random").astype(object)
+    usable = np.ones(n, dtype=bool)
+    mixed = out_of_sample_probabilities(
+        x, noisy, k, production_probs=logged, production_usable=usable, production_models=models
+    )
+    strong, random = mixed.logged["strong"], mixed.logged["random"]
+    assert strong.reference == random.reference == "given" and strong.n == random.n == n // 2
+    assert strong.weight > 0.7 > 0.2 > random.weight, (strong, random)
+    assert set(mixed.sources) == {"cv+logged:strong", "cv+logged:random"}
+    # logged on every item, the strong model's say finds the flips the cross-validation alone misses
+    cv_only = cleanlab_adapter.find_label_issues(
+        labels=noisy, pred_probs=out_of_sample_probabilities(x, noisy, k).probs
+    )
+    everywhere = out_of_sample_probabilities(x, noisy, k, production_probs=good, production_usable=usable)
+    with_logged = cleanlab_adapter.find_label_issues(labels=noisy, pred_probs=everywhere.probs)
+    assert precision_recall_f1(with_logged.is_issue, flipped)[2] > precision_recall_f1(cv_only.is_issue, flipped)[2]
+    # reviewed labels, where there are enough, are what the weight is fitted on
+    reviewed = np.full(n, -1)
+    reviewed[:80:2] = y[:80:2]
+    refit = out_of_sample_probabilities(
+        x, noisy, k, production_probs=logged, production_usable=usable, production_models=models, reference=reviewed
+    )
+    assert (refit.logged["strong"].reference, refit.logged["strong"].n_reference) == ("reviewed", 40)
+    assert refit.logged["random"].reference == "given"
+    assert refit.logged["strong"].accuracy == 1.0
+
+
 def test_out_of_sample_probabilities_never_come_from_a_model_that_saw_the_example() -> None:
     # Random labels on random points: only a model that saw an example can "know" its label. Out of sample,
     # the given label's probability stays at chance; in sample, the same classifier memorizes it.

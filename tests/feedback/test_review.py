@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from flywheel.cli import Context
 from flywheel.core.config import Settings
@@ -180,7 +180,7 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
         assert len(flagged - troll_outside) <= 3
         for cid in troll_outside & flagged:
             assert rows[cid].suggested_label == plan.truth[cid]
-            assert rows[cid].oos_source == "cv"
+            assert rows[cid].oos_source == "cv+logged:client-v1"  # the customer's model logged before the labels
         # three agreeing sources beat one dissenter (CROWDLAB), though the rule ranks the dissenter higher
         assert rows[plan.target].consensus_method == "crowdlab"
         excluded = excluded_prediction_ids(session, tenant_id, task_id)
@@ -404,7 +404,9 @@ def test_label_quality_endpoint(world: World, plan: Plan, settings: Settings, cl
     run_label_quality(world.db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
     body = client.get("/v1/label-quality?task=intent", headers=rw).json
     assert body["latest_run"]["status"] == "succeeded" and body["latest_run"]["n_issues"] >= 25
-    assert body["latest_run"]["summary"]["oos_sources"] == {"cv": body["latest_run"]["n_labeled"]}
+    summary = body["latest_run"]["summary"]
+    assert summary["oos_sources"] == {"cv+logged:client-v1": body["latest_run"]["n_labeled"]}
+    assert summary["logged_models"]["client-v1"]["n"] == body["latest_run"]["n_labeled"]
     worst = body["sources"][0]
     assert (worst["source"], worst["source_id"], worst["excluded"]) == ("end_user", "troll", True)
     rates = [s["issue_rate"] for s in body["sources"]]
@@ -492,7 +494,7 @@ def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
         sources = set(
             session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled"))
         )
-        assert sources == {"cv+production"}
+        assert sources == {"cv+logged:client-v1"}
         # a model created after the predictions may have trained on them: its probabilities are not used
         session.execute(
             ModelVersion.__table__.update().values(created_at=T0 + timedelta(days=1))  # type: ignore[attr-defined]
@@ -503,6 +505,33 @@ def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
             session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled"))
         )
         assert sources == {"cv"}
+
+
+def test_a_customer_model_scores_labels_given_after_it_logged_but_not_ones_it_trained_on(
+    world: World, plan: Plan, settings: Settings
+) -> None:
+    db = world.db
+    outside = sorted(cid for cid in plan.truth if cid not in plan.holdout and cid not in plan.unlabeled)
+    trained_on, logged_late = set(outside[60:70]), set(outside[70:80])
+    with db.session() as session:
+        session.execute(update(Prediction).where(Prediction.client_id.in_(trained_on)).values(in_sample=True))
+        # logged a day after its label was given: that model may have learned the label
+        session.execute(
+            update(Prediction).where(Prediction.client_id.in_(logged_late)).values(created_at=T0 + timedelta(days=1))
+        )
+    result = run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
+    with db.session() as session:
+        rows = session.execute(
+            select(Prediction.client_id, LabelQualityResult.oos_source)
+            .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+            .where(LabelQualityResult.kind == "labeled")
+        )
+        sources = {cid: source for cid, source in rows}
+    assert {sources[c] for c in trained_on | logged_late} == {"cv"}
+    others = set(sources) - trained_on - logged_late
+    assert {sources[c] for c in others} == {"cv+logged:client-v1"}
+    weight = result.summary["logged_models"]["client-v1"]
+    assert weight["n"] == len(others) and weight["reference"] == "given" and 0.0 <= weight["weight"] <= 1.0
 
 
 def test_a_failing_pass_marks_its_run_failed(world: World, plan: Plan, settings: Settings) -> None:
