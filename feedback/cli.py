@@ -69,6 +69,12 @@ def _echo_summary(result: PassResult) -> None:
             f"({s['labels_per_class']:.0f} labels per class; the rest stay in training until reviewed)"
         )
     click.echo(f"  out-of-sample sources: {s['oos_sources']}   cleanlab: {s['cleanlab_method']}")
+    for model, w in s.get("logged_models", {}).items():
+        accuracy = "-" if w["accuracy"] is None else f"{w['accuracy']:.1%}"
+        click.echo(
+            f"  logged by {model}: {w['n']} labels, weight {w['weight']:.2f} "
+            f"(accuracy {accuracy} on {w['n_reference']} {w['reference']} labels)"
+        )
     cons = s["consensus"]
     click.echo(
         f"  consensus: {cons['method']} (overlap {cons['overlap']} predictions with 2+ sources; "

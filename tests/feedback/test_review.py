@@ -445,6 +445,7 @@ def test_cli_labels_check_prints_a_summary(world: World, plan: Plan, settings: S
     )
     assert result.exit_code == 0, result.output
     assert "label issues:" in result.output and "end_user:troll" in result.output and "EXCLUDED" in result.output
+    assert "logged by client-v1:" in result.output and "given labels)" in result.output
     bad = CliRunner().invoke(labels_cli, ["check", "--tenant", "nope", "--task", "intent"], obj=ctx)
     assert bad.exit_code != 0 and "does not exist" in bad.output
 
