@@ -5,7 +5,8 @@ a row whose prediction is gone keeps its own ``created_at``, so nothing is lost)
 then becomes a table partitioned by range of that column: one partition per month that the predictions have one for
 (so a month's predictions and their feedback drop together), and a default partition; every row is copied over and
 the id sequence kept. The idempotency key ``(tenant_id, client_id)`` moves to ``feedback_keys``, as the predictions'
-moved to ``prediction_keys`` in 0008. See ``flywheel.domain.partitions``. SQLite only gains the column.
+moved to ``prediction_keys`` in 0008. See ``flywheel.domain.partitions``. SQLite only gains the column. Both get a
+partial index on the reviewer decisions (``ix_feedback_reviewed``), which "has a person reviewed it" reads.
 
 Revision ID: 0012
 Revises: 0011
@@ -40,6 +41,7 @@ COLUMNS = (
     "received_at",
     "content_hash",
 )
+REVIEWED = sa.text("source = 'reviewer'")
 BACKFILL = (
     "UPDATE feedback SET prediction_created_at = coalesce("
     "(SELECT p.created_at FROM predictions p WHERE p.id = feedback.prediction_id), created_at)"
@@ -77,6 +79,7 @@ def upgrade() -> None:
             batch.alter_column(
                 "prediction_created_at", existing_type=flywheel.core.db.UTCDateTime(timezone=True), nullable=False
             )
+        _index_reviewed()
         return
     op.execute("ALTER TABLE feedback RENAME TO feedback_flat")
     op.execute("ALTER TABLE feedback_flat DROP CONSTRAINT pk_feedback")
@@ -93,6 +96,7 @@ def upgrade() -> None:
         "FOREIGN KEY (tenant_id) REFERENCES tenants (id) ON DELETE CASCADE"
     )
     op.create_index("ix_feedback_prediction_id", "feedback", ["prediction_id"])
+    _index_reviewed()
     op.create_table(
         "feedback_keys",
         sa.Column("tenant_id", sa.Integer(), nullable=False),
@@ -121,7 +125,18 @@ def upgrade() -> None:
     op.execute("DROP TABLE feedback_flat")
 
 
+def _index_reviewed() -> None:
+    op.create_index(
+        "ix_feedback_reviewed",
+        "feedback",
+        ["prediction_id", "prediction_created_at"],
+        postgresql_where=REVIEWED,
+        sqlite_where=REVIEWED,
+    )
+
+
 def downgrade() -> None:
+    op.drop_index("ix_feedback_reviewed", table_name="feedback")
     if op.get_bind().dialect.name != "postgresql":
         with op.batch_alter_table("feedback") as batch:
             batch.drop_column("prediction_created_at")

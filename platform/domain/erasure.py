@@ -104,7 +104,7 @@ def _erase_chunk(session: Session, rows: list[tuple[int, datetime]], now: dateti
     if lineage:
         taint_models(session, {int(k): int(v) for k, v in lineage.items()}, now)
         tainted.update(int(k) for k in lineage)
-    these = Prediction.id.in_(pks) & Prediction.created_at.in_(sorted({at for _, at in rows}))
+    these = partitions.predictions_in(rows)
     texts = session.scalars(select(Prediction.text).where(these))
     hashes = sorted({text_hash(t) for t in texts})
 

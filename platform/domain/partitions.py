@@ -197,12 +197,22 @@ def by_client_ids(
 
 
 def feedback_of(predictions: Iterable[tuple[int, datetime]]) -> ColumnElement[bool]:
-    """The feedback of these ``(id, created_at)`` predictions. The ``created_at`` values name the feedback's
-    partitions, so on PostgreSQL only their months' ``prediction_id`` indexes are read, not every month's."""
+    """The feedback of these ``(id, created_at)`` predictions. The span of the ``created_at`` values bounds the
+    feedback's partitions, so on PostgreSQL only those months' ``prediction_id`` indexes are read, not every month's
+    (a range rather than the list of values: as cheap to check on each row as to prune with, measured)."""
     pairs = list(predictions)
-    return Feedback.prediction_id.in_(sorted({pk for pk, _ in pairs})) & Feedback.prediction_created_at.in_(
-        sorted({created for _, created in pairs})
-    )
+    return Feedback.prediction_id.in_(sorted({pk for pk, _ in pairs})) & _within(Feedback.prediction_created_at, pairs)
+
+
+def predictions_in(predictions: Iterable[tuple[int, datetime]]) -> ColumnElement[bool]:
+    """These ``(id, created_at)`` predictions, read from the partitions of their months only."""
+    pairs = list(predictions)
+    return Prediction.id.in_(sorted({pk for pk, _ in pairs})) & _within(Prediction.created_at, pairs)
+
+
+def _within(column: Any, pairs: list[tuple[int, datetime]]) -> ColumnElement[bool]:
+    stamps = [created for _, created in pairs]
+    return column.between(min(stamps), max(stamps)) if stamps else column.is_(None)
 
 
 def feedback_joins_prediction() -> ColumnElement[bool]:

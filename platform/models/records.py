@@ -140,7 +140,18 @@ class Feedback(Base):
     """
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("tenant_id", "client_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "client_id"),
+        # The few reviewer decisions among all feedback: "has a person reviewed it" (the review queue, training-set
+        # assembly) reads these instead of every feedback row.
+        Index(
+            "ix_feedback_reviewed",
+            "prediction_id",
+            "prediction_created_at",
+            postgresql_where=text("source = 'reviewer'"),
+            sqlite_where=text("source = 'reviewer'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
