@@ -10,8 +10,9 @@ query filters on the tenant first and keeps its index, which each partition carr
 The feedback table is partitioned the same way by its prediction's month: ``prediction_created_at``, a copy of
 the prediction's ``created_at`` written with each feedback row. A month's predictions and their feedback sit in
 partitions of the same month (``predictions_y2026m12``, ``feedback_y2026m12``) that are created together and
-dropped together. Reading a prediction's feedback names both its id and its ``created_at``
-(``feedback_of``, ``feedback_joins_prediction``), so PostgreSQL reads one month's index, not every month's.
+dropped together. Reading predictions' feedback names their ids and the span of their ``created_at``
+(``feedback_of``), a join both columns (``feedback_joins_prediction``), so PostgreSQL reads those months' indexes,
+not every month's.
 
 A unique constraint on a partitioned table must include the partition key, so the client's idempotency key
 ``(tenant_id, client_id)`` cannot be unique on either table itself. Each has an unpartitioned key table of that key,
