@@ -74,19 +74,21 @@ def seed(db: Database, rows: int) -> tuple[str, list[str]]:
                     for i in batch
                 ],
             )
-            ids = dict(
-                session.execute(
-                    select(Prediction.client_id, Prediction.id).where(
+            ids = {
+                cid: (pk, created)
+                for cid, pk, created in session.execute(
+                    select(Prediction.client_id, Prediction.id, Prediction.created_at).where(
                         Prediction.client_id.in_([f"p-{i}" for i in batch if i % 3 == 0])
                     )
-                ).all()
-            )
+                )
+            }
             session.execute(
                 insert(Feedback),
                 [
                     {
                         "tenant_id": tenant_id,
                         "prediction_id": pk,
+                        "prediction_created_at": created,
                         "client_id": f"fb-{cid}",
                         "label": LABELS[0],
                         "source": "end_user",
@@ -95,7 +97,7 @@ def seed(db: Database, rows: int) -> tuple[str, list[str]]:
                         "received_at": start,
                         "content_hash": hashlib.sha256(cid.encode()).hexdigest(),
                     }
-                    for cid, pk in ids.items()
+                    for cid, (pk, created) in ids.items()
                 ],
             )
     with db.session() as session:  # written around ingest: their idempotency keys too (partitioned PostgreSQL)

@@ -7,8 +7,9 @@
 For each size, two databases get the same rows, generated in SQL (``generate_series`` over banking77's real texts,
 not through the API): ``--tenants`` tenants over ``--months`` months, one in ten predictions labeled by an end
 user's feedback, one SLA per tenant, and label-quality results for one tenant. One database is at the latest
-revision (monthly partitions and the ``prediction_keys`` idempotency table); in the other the predictions table is
-put back as one plain table (the idempotency key a unique constraint): the baseline, side by side.
+revision (the predictions and their feedback in monthly partitions, the ``prediction_keys`` and ``feedback_keys``
+idempotency tables); in the other both tables are put back as plain tables (each idempotency key a unique
+constraint): the baseline, side by side.
 
 Timed through the product's own functions, median of ``--repeat`` after one untimed warm-up:
 
@@ -16,7 +17,12 @@ Timed through the product's own functions, median of ``--repeat`` after one unti
 - the dashboard overview (``GET /dashboard/`` through the Flask test client, signed in as admin);
 - a tenant's review queue (``review_queue``, label issues and uncertain predictions);
 - training-set assembly (``build_training_data``) for one tenant's variant and for the shared model;
-- ingest: 1,000-item batches through ``ingest_predictions`` into each database, interleaved; rows/s and the ratio.
+- ingest: 1,000-item batches through ``ingest_predictions`` into each database, interleaved; rows/s and the ratio;
+- feedback ingest: 1,000-item batches through ``ingest_feedback`` (on predictions spread over every month; the
+  effective labels re-derived as in production), interleaved; rows/s;
+- retention of the oldest full month, last (it deletes data): partitioned, the month dropped whole
+  (``drop_expired_months``: both tables' partitions, their keys, the label-quality rows and lineage that point at
+  them); plain, that month's feedback deleted row by row, then its predictions.
 
 Then the cost curve: how each figure grows from the smallest size to the largest (the exponent k of cost ∝ rows^k)
 and the projection to 100M rows at that exponent.
@@ -47,8 +53,9 @@ from flywheel.core.db import Database
 from flywheel.core.migrate import upgrade
 from flywheel.domain import partitions
 from flywheel.domain.auth import create_key
-from flywheel.domain.ingest import ingest_predictions
-from flywheel.domain.schemas import PredictionIn
+from flywheel.domain.erasure import drop_expired_months
+from flywheel.domain.ingest import ingest_feedback, ingest_predictions
+from flywheel.domain.schemas import FeedbackIn, PredictionIn
 from flywheel.feedback.review import review_queue
 from flywheel.models.records import Task, Tenant
 from flywheel.monitoring.jobs import run_monitoring
@@ -69,8 +76,9 @@ def fresh(server_url: str, name: str) -> Database:
 
 
 def migrate(db: Database, *, partitioned: bool) -> None:
-    """The latest schema; for the baseline, its predictions table put back as one plain table (what revision 0008
-    undoes: the idempotency key a unique constraint again, and the foreign keys to ``predictions.id``)."""
+    """The latest schema; for the baseline, its predictions and feedback tables put back as plain tables (what
+    revisions 0012 and 0008 undo: each idempotency key a unique constraint again, and the foreign keys to
+    ``predictions.id``)."""
     upgrade(db.engine)
     if partitioned:
         return
@@ -90,12 +98,24 @@ _FLATTEN = [
     "ALTER TABLE predictions ADD CONSTRAINT pk_predictions PRIMARY KEY (id)",
     "ALTER TABLE predictions ADD CONSTRAINT uq_predictions_tenant_id_client_id UNIQUE (tenant_id, client_id)",
     "CREATE INDEX ix_predictions_tenant_task_created ON predictions (tenant_id, task_id, created_at)",
+    "ALTER TABLE feedback RENAME TO feedback_parted",
+    "ALTER TABLE feedback_parted DROP CONSTRAINT pk_feedback",
+    "ALTER TABLE feedback_parted DROP CONSTRAINT fk_feedback_tenant_id_tenants",
+    "DROP INDEX ix_feedback_prediction_id",
+    "CREATE TABLE feedback (LIKE feedback_parted INCLUDING DEFAULTS)",
+    "ALTER SEQUENCE feedback_id_seq OWNED BY feedback.id",
+    "DROP TABLE feedback_parted",
+    "DROP TABLE feedback_keys",
+    "ALTER TABLE feedback ADD CONSTRAINT pk_feedback PRIMARY KEY (id)",
+    "ALTER TABLE feedback ADD CONSTRAINT uq_feedback_tenant_id_client_id UNIQUE (tenant_id, client_id)",
+    "CREATE INDEX ix_feedback_prediction_id ON feedback (prediction_id)",
     *(
         f"ALTER TABLE {table} ADD CONSTRAINT fk_{table}_{column}_{target} FOREIGN KEY ({column}) "
         f"REFERENCES {target} (id) ON DELETE CASCADE"
         for table, column, target in (
             ("predictions", "tenant_id", "tenants"),
             ("predictions", "task_id", "tasks"),
+            ("feedback", "tenant_id", "tenants"),
             ("feedback", "prediction_id", "predictions"),
             ("label_quality_results", "prediction_id", "predictions"),
             ("model_training_rows", "prediction_id", "predictions"),
@@ -134,11 +154,8 @@ def seed(db: Database, *, rows: int, tenants: int, months: int, end: datetime) -
             t0 = time.perf_counter()
             conn.execute(text(_PREDICTIONS), {**params, "lo": lo + 1, "hi": min(lo + CHUNK, rows)})
             print(f"    {min(lo + CHUNK, rows):>11,} predictions ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if conn.execute(text("SELECT to_regclass('prediction_keys')")).scalar() is not None:
-            conn.execute(
-                text("INSERT INTO prediction_keys SELECT tenant_id, client_id, id, created_at FROM predictions")
-            )
         conn.execute(text(_FEEDBACK))
+        partitions.register_keys(conn)  # written around ingest: their idempotency keys (partitioned)
         conn.execute(text(_SLAS))
         conn.execute(text(_LABEL_QUALITY))
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -163,8 +180,10 @@ JOIN tenants t ON t.id = 1 + g % CAST(:tenants AS int)
 JOIN bench_texts b ON b.i = g % CAST(:ntexts AS int)
 """
 _FEEDBACK = """
-INSERT INTO feedback (tenant_id, prediction_id, client_id, label, source, created_at, received_at, content_hash)
-SELECT tenant_id, id, 'f' || id, effective_label, 'end_user', created_at + interval '1 hour', now(), md5(id::text)
+INSERT INTO feedback (tenant_id, prediction_id, prediction_created_at, client_id, label, source, created_at,
+    received_at, content_hash)
+SELECT tenant_id, id, created_at, 'f' || id, effective_label, 'end_user', created_at + interval '1 hour', now(),
+    md5(id::text)
 FROM predictions WHERE effective_label IS NOT NULL
 """
 _SLAS = """
@@ -267,6 +286,87 @@ def ingest_rates(dbs: dict[str, Database], *, batches: int, tenants: int, now: d
     return {name: 1000 / statistics.median(s) for name, s in samples.items()}
 
 
+def feedback_ingest_rates(
+    dbs: dict[str, Database], *, batches: int, rows: int, tenants: int, now: datetime
+) -> dict[str, float]:
+    """Rows per second of 1,000-item feedback batches through the product's ingest (the effective labels of the
+    touched predictions re-derived), the arms interleaved batch by batch. Batch ``b`` labels predictions of tenant
+    ``1 + b % tenants`` spread over the whole span, so every month's partition takes some."""
+    with next(iter(dbs.values())).session() as session:
+        labels = list(session.scalars(select(Task.labels)).one())
+    per_tenant = rows // tenants
+    samples: dict[str, list[float]] = {name: [] for name in dbs}
+    run = uuid.uuid4().hex[:6]
+    for b in range(batches):
+        tenant = 1 + b % tenants
+        # prediction g belongs to tenant 1 + g % tenants; 997 is prime, so the 1,000 picks are distinct
+        picks = [tenant - 1 + tenants * (1 + (i * 997 + b * 13) % (per_tenant - 1)) for i in range(1000)]
+        items = [
+            FeedbackIn(
+                id=f"fb-{run}-{b}-{i}",
+                prediction_id=f"p{g}",
+                label=labels[i % len(labels)],
+                source="annotator",
+                source_id=f"a-{i % 7}",
+                created_at=now,
+            )
+            for i, g in enumerate(picks)
+        ]
+        for name, db in dbs.items():
+            t0 = time.perf_counter()
+            with db.session() as session:
+                ingest_feedback(session, tenant, items)
+            samples[name].append(time.perf_counter() - t0)
+    return {name: 1000 / statistics.median(s) for name, s in samples.items()}
+
+
+def month_retention(dbs: dict[str, Database], *, start: datetime, now: datetime) -> dict[str, dict[str, float]]:
+    """The oldest full month of the span removed (ms). Partitioned: ``drop_expired_months`` with the cutoff at its
+    end (the partial month before it is dropped first, untimed). Plain: the month's feedback deleted row by row (what
+    retention did to the feedback before it was partitioned), then its predictions (their label-quality rows follow
+    by their foreign keys)."""
+    first = partitions.month_start(start)
+    lo, hi = partitions.add_months(first, 1), partitions.add_months(first, 2)
+    out: dict[str, dict[str, float]] = {}
+    for name, db in dbs.items():
+        with db.session() as session:
+            n = session.scalar(
+                text(
+                    "SELECT count(*) FROM feedback f JOIN predictions p ON p.id = f.prediction_id "
+                    "WHERE p.created_at >= :lo AND p.created_at < :hi"
+                ),
+                {"lo": lo, "hi": hi},
+            )
+        print(f"    {name}: one month ({lo:%Y-%m}) with {n:,} feedback rows", flush=True)
+        if name == "partitioned":
+            with db.session() as session:
+                drop_expired_months(session, lo, now)  # the partial first month, untimed
+            t0 = time.perf_counter()
+            with db.session() as session:  # the step of retention that drops the month's feedback, timed apart
+                gone = partitions.drop_partition(session, partitions.FEEDBACK, partitions.FEEDBACK.partition(lo))
+            feedback_ms = (time.perf_counter() - t0) * 1000
+            with db.session() as session:  # and the rest of it
+                dropped = drop_expired_months(session, hi, now)
+            out[name] = {
+                "retention: the month's feedback": feedback_ms,
+                "retention: the whole month": (time.perf_counter() - t0) * 1000,
+            }
+            print(f"    dropped {dropped.partitions} and {gone:,} feedback rows' partition", flush=True)
+            continue
+        month = "SELECT id FROM predictions WHERE created_at >= :lo AND created_at < :hi"
+        t0 = time.perf_counter()
+        with db.session() as session:
+            session.execute(text(f"DELETE FROM feedback WHERE prediction_id IN ({month})"), {"lo": lo, "hi": hi})
+        feedback_ms = (time.perf_counter() - t0) * 1000
+        with db.session() as session:
+            session.execute(text(f"DELETE FROM predictions WHERE id IN ({month})"), {"lo": lo, "hi": hi})
+        out[name] = {
+            "retention: the month's feedback": feedback_ms,
+            "retention: the whole month": (time.perf_counter() - t0) * 1000,
+        }
+    return out
+
+
 def size_of(db: Database) -> str:
     with db.engine.connect() as conn:
         return str(conn.execute(text("SELECT pg_size_pretty(pg_database_size(current_database()))")).scalar())
@@ -303,6 +403,12 @@ def main() -> None:
             rates = ingest_rates(dbs, batches=args.ingest_batches, tenants=args.tenants, now=now)
             for arm, rate in rates.items():
                 figures[size][arm]["ingest rows/s"] = rate
+            rates = feedback_ingest_rates(dbs, batches=args.ingest_batches, rows=size, tenants=args.tenants, now=now)
+            for arm, rate in rates.items():
+                figures[size][arm]["feedback ingest rows/s"] = rate
+            start = now - timedelta(days=30.4 * args.months)
+            for arm, times in month_retention(dbs, start=start, now=now).items():
+                figures[size][arm].update(times)
             report_size(size, figures[size])
             for name, db in dbs.items():
                 db.dispose()

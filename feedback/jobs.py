@@ -258,9 +258,10 @@ def _store(session: Session, run_id: int, labeled: LabeledSet, output: PassOutpu
         session.execute(insert(LabelQualityResult), [{**scope, **asdict(r)} for r in output.rows])
     if output.sources:
         session.execute(insert(LabelSourceStat), [{**scope, **asdict(s)} for s in output.sources.values()])
-    labeled_ids = output.labeled_ids
-    for start in range(0, len(labeled_ids), RULE_CHUNK):
-        apply_rule(session, labeled_ids[start : start + RULE_CHUNK])
+    created = {it.prediction_id: it.created_at for it in labeled.items}
+    scored = [(pid, created[pid]) for pid in output.labeled_ids]
+    for start in range(0, len(scored), RULE_CHUNK):
+        apply_rule(session, scored[start : start + RULE_CHUNK])
 
 
 def label_quality_pass(

@@ -21,6 +21,7 @@ from flywheel.core.db import Database
 from flywheel.domain.effective import Vote
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.holdout import outside_holdout
+from flywheel.domain.partitions import feedback_of
 from flywheel.models.records import Feedback, Prediction, Task
 
 #: Rungs of our own models whose logged probabilities may serve as an out-of-sample source (zero-shot ones are
@@ -224,8 +225,8 @@ def _attach_votes(session: Session, items: list[LabeledItem]) -> None:
     """Fill each item's ``votes`` with its feedback, in time order (``Vote.order`` counts within one query chunk),
     and its ``first_label_at``."""
     by_id = {it.prediction_id: it for it in items}
-    ids = list(by_id)
-    for start in range(0, len(ids), ID_CHUNK):
+    for start in range(0, len(items), ID_CHUNK):
+        chunk = items[start : start + ID_CHUNK]
         feedback = session.execute(
             select(
                 Feedback.prediction_id,
@@ -235,7 +236,7 @@ def _attach_votes(session: Session, items: list[LabeledItem]) -> None:
                 Feedback.decision,
                 Feedback.created_at,
             )
-            .where(Feedback.prediction_id.in_(ids[start : start + ID_CHUNK]))
+            .where(feedback_of((it.prediction_id, it.created_at) for it in chunk))
             .order_by(Feedback.prediction_id, Feedback.created_at, Feedback.id)
         )
         for n, (pid, label, source, source_id, decision, at) in enumerate(feedback):

@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Unprocessable
+from flywheel.domain.partitions import feedback_of
 from flywheel.domain.schemas import REVIEW_CURSOR_PATTERN
 from flywheel.domain.training_labels import reviewed, same_scope
 from flywheel.models.label_quality import LabelQualityResult
@@ -48,11 +49,13 @@ class ReviewEntry:
     reason: str
 
 
-def _feedback_of(session: Session, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+def _feedback_of(session: Session, preds: Sequence[Prediction]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    if ids:
+    if preds:
         for fb in session.scalars(
-            select(Feedback).where(Feedback.prediction_id.in_(ids)).order_by(Feedback.created_at, Feedback.id)
+            select(Feedback)
+            .where(feedback_of((p.id, p.created_at) for p in preds))
+            .order_by(Feedback.created_at, Feedback.id)
         ):
             out[fb.prediction_id].append(
                 {
@@ -155,7 +158,7 @@ def _label_issues(
         rows, limit, lambda row: QueuePosition(bool(row[1].is_issue), _or_one(row[1].quality), row[0].id)
     )
     rows = rows[:limit]
-    fb = _feedback_of(session, [p.id for p, _ in rows])
+    fb = _feedback_of(session, [p for p, _ in rows])
     out = []
     for p, r in rows:
         if r.is_issue:
@@ -204,7 +207,7 @@ def _disagreements(session: Session, tenant_id: int, task_id: int, limit: int) -
             .limit(limit)
         )
     )
-    fb = _feedback_of(session, [p.id for p in preds])
+    fb = _feedback_of(session, preds)
     return [
         ReviewEntry(
             p.id,

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from flywheel.core.db import utcnow
 from flywheel.domain import champions
 from flywheel.domain.holdout import outside_holdout
+from flywheel.domain.partitions import feedback_joins_prediction
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.models.slas import SlaEvaluation
 from flywheel.models.training import RUN_FINISHED, ChampionSlot, ModelVersion, TrainingRun
@@ -384,7 +385,7 @@ def new_clean_labels(session: Session, task_id: int, since: datetime | None) -> 
     stmt = (
         select(func.count(func.distinct(Prediction.id)))
         .select_from(Prediction)
-        .join(Feedback, Feedback.prediction_id == Prediction.id)
+        .join(Feedback, feedback_joins_prediction())
         .where(
             Prediction.task_id == task_id,
             Prediction.effective_label.is_not(None),

@@ -45,6 +45,7 @@ from flywheel.dashboard.security import (
     signed_in,
 )
 from flywheel.domain.auth import Principal
+from flywheel.domain.partitions import feedback_joins_prediction
 from flywheel.domain.schemas import MAX_ID, NAME_PATTERN
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.web.context import get_session, get_settings
@@ -411,7 +412,7 @@ def _can_review(principal: Principal) -> bool:
 def _recent_reviews(session: Session, *, tenant_id: int, limit: int = 20) -> list[tuple[Feedback, Prediction]]:
     stmt = (
         select(Feedback, Prediction)
-        .join(Prediction, Prediction.id == Feedback.prediction_id)
+        .join(Prediction, feedback_joins_prediction())
         .where(Feedback.tenant_id == tenant_id, Feedback.source == "reviewer")
         .order_by(Feedback.id.desc())
         .limit(limit)

@@ -81,11 +81,13 @@ def taint_models(session: Session, rows_by_model: dict[int, int], now: datetime)
     return len(rows_by_model)
 
 
-def _erase_chunk(session: Session, pks: list[int], now: datetime, tainted: set[int]) -> ErasureCounts:
+def _erase_chunk(session: Session, rows: list[tuple[int, datetime]], now: datetime, tainted: set[int]) -> ErasureCounts:
+    """Erase these ``(id, created_at)`` predictions (the ``created_at`` names their months' partitions, and their
+    feedback's, on PostgreSQL) and what points at them."""
+    pks = [pk for pk, _ in rows]
     counts = ErasureCounts(predictions=len(pks))
-    by_source = session.execute(
-        select(Feedback.source, func.count()).where(Feedback.prediction_id.in_(pks)).group_by(Feedback.source)
-    ).all()
+    feedback = partitions.feedback_of(rows)
+    by_source = session.execute(select(Feedback.source, func.count()).where(feedback).group_by(Feedback.source)).all()
     for source, n in by_source:
         if source == "reviewer":
             counts.review_decisions += int(n)
@@ -102,7 +104,8 @@ def _erase_chunk(session: Session, pks: list[int], now: datetime, tainted: set[i
     if lineage:
         taint_models(session, {int(k): int(v) for k, v in lineage.items()}, now)
         tainted.update(int(k) for k in lineage)
-    texts = session.scalars(select(Prediction.text).where(Prediction.id.in_(pks)))
+    these = partitions.predictions_in(rows)
+    texts = session.scalars(select(Prediction.text).where(these))
     hashes = sorted({text_hash(t) for t in texts})
 
     def gone(stmt: object) -> int:
@@ -115,8 +118,8 @@ def _erase_chunk(session: Session, pks: list[int], now: datetime, tainted: set[i
         counts.embeddings += gone(
             delete(EmbeddingCache).where(EmbeddingCache.text_hash.in_(hashes[start : start + CHUNK]))
         )
-    gone(delete(Feedback).where(Feedback.prediction_id.in_(pks)))
-    gone(delete(Prediction).where(Prediction.id.in_(pks)))
+    partitions.delete_feedback(session, feedback)  # with their idempotency keys
+    gone(delete(Prediction).where(these))
     return counts
 
 
@@ -137,15 +140,15 @@ def erase_predictions(
     tainted: set[int] = set()  # distinct model versions, over every chunk
     for chunk in _chunks(sorted(set(pks))):
         rows = session.execute(
-            select(Prediction.id, Prediction.client_id).where(
+            select(Prediction.id, Prediction.client_id, Prediction.created_at).where(
                 Prediction.id.in_(chunk), Prediction.tenant_id == tenant.id
             )
         ).all()
         if not rows:
             continue
-        hashes += [id_hash(cid) for _, cid in rows]
-        counts.add(_erase_chunk(session, [pk for pk, _ in rows], now, tainted))
-        partitions.forget_keys(session, tenant.id, [cid for _, cid in rows])
+        hashes += [id_hash(cid) for _, cid, _ in rows]
+        counts.add(_erase_chunk(session, [(pk, at) for pk, _, at in rows], now, tainted))
+        partitions.forget_keys(session, tenant.id, [cid for _, cid, _ in rows])
     counts.models_tainted = len(tainted)
     session.add(
         Erasure(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, tuple_
 
+from flywheel.domain.partitions import feedback_of
 from flywheel.models.records import Feedback, Prediction
 
 if TYPE_CHECKING:
@@ -60,12 +61,10 @@ def export_rows(db: Database, tenant_id: int, task_id: int, *, chunk: int = CHUN
             if not rows:
                 return
             feedback: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            with_feedback = [r.id for r in rows if r.feedback_count]
+            with_feedback = [(r.id, r.created_at) for r in rows if r.feedback_count]
             if with_feedback:
                 for fb in session.scalars(
-                    select(Feedback)
-                    .where(Feedback.prediction_id.in_(with_feedback))
-                    .order_by(Feedback.created_at, Feedback.id)
+                    select(Feedback).where(feedback_of(with_feedback)).order_by(Feedback.created_at, Feedback.id)
                 ):
                     feedback[fb.prediction_id].append(
                         {

@@ -109,7 +109,7 @@ def _row_sql(table: Table, keyed: bool) -> str:
         dialect = postgresql.dialect()
         typed = [c for c in table.columns if c.name != "id"]
         values = ", ".join(f"%s::{c.type.compile(dialect=dialect).lower()}" for c in typed)
-        return _keyed_sql(f"SELECT * FROM (VALUES ({values})) AS v ({names})")
+        return _keyed_sql(table, f"SELECT * FROM (VALUES ({values})) AS v ({names})")
     values = ", ".join(["%s"] * len(_columns(table)))
     return f"INSERT INTO {table.name} ({names}) VALUES ({values}) ON CONFLICT (tenant_id, client_id) DO NOTHING"
 
@@ -131,25 +131,26 @@ def _unnest_sql(table: Table, keyed: bool) -> str:
     ]
     names = ", ".join(f'"{c.name}"' for c in cols)
     if keyed:
-        return _keyed_sql(f"SELECT * FROM unnest({', '.join(casts)}) AS u ({names})")
+        return _keyed_sql(table, f"SELECT * FROM unnest({', '.join(casts)}) AS u ({names})")
     return (
         f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
         "ON CONFLICT (tenant_id, client_id) DO NOTHING"
     )
 
 
-def _keyed_sql(rows_sql: str) -> str:
-    """PostgreSQL's predictions: the idempotency key goes to ``prediction_keys`` (the partitioned table cannot hold
-    it unique), and a prediction is inserted only when its key was new, in one statement. ``rows_sql`` selects the
-    rows with the table's column names."""
-    names = [f'"{c}"' for c in _columns(Prediction.__table__)]
+def _keyed_sql(table: Table, rows_sql: str) -> str:
+    """PostgreSQL's predictions and feedback: the idempotency key goes to the table's key table (``prediction_keys``,
+    ``feedback_keys``: the partitioned table cannot hold it unique), and a row is inserted only when its key was
+    new, in one statement. ``rows_sql`` selects the rows with the table's column names."""
+    layout = partitions.LAYOUTS[table.name]
+    names = [f'"{c}"' for c in _columns(table)]
     return (
         f"WITH incoming AS ({rows_sql}), "
-        f"keys AS (INSERT INTO {partitions.KEYS_TABLE} (tenant_id, client_id, prediction_id, created_at) "
-        "SELECT tenant_id, client_id, nextval('predictions_id_seq'), created_at FROM incoming "
-        "ON CONFLICT DO NOTHING RETURNING tenant_id, client_id, prediction_id) "
-        f"INSERT INTO {partitions.TABLE} (id, {', '.join(names)}) "
-        f"SELECT keys.prediction_id, {', '.join('incoming.' + n for n in names)} "
+        f"keys AS (INSERT INTO {layout.keys.name} (tenant_id, client_id, {layout.row_id}, {layout.column}) "
+        f"SELECT tenant_id, client_id, nextval('{layout.sequence}'), {layout.column} FROM incoming "
+        f"ON CONFLICT DO NOTHING RETURNING tenant_id, client_id, {layout.row_id}) "
+        f"INSERT INTO {layout.table} (id, {', '.join(names)}) "
+        f"SELECT keys.{layout.row_id}, {', '.join('incoming.' + n for n in names)} "
         "FROM incoming JOIN keys USING (tenant_id, client_id)"
     )
 
@@ -161,7 +162,7 @@ def _insert_ignoring_conflicts(db: Connection | Session, table: Table, rows: lis
     (``driver_execute(alone=True)``)."""
     dialect = connection_of(db).dialect.name
     rows = _to_db(table, rows, dialect)
-    keyed = dialect == "postgresql" and table.name == partitions.TABLE and partitions.keys_apart(db)
+    keyed = dialect == "postgresql" and table.name in partitions.LAYOUTS and partitions.keys_apart(db)
     if len(rows) == 1:  # one row is atomic on its own: when the caller has no transaction open, no BEGIN or COMMIT
         sql = _row_sql(table, keyed) if dialect == "postgresql" else _sqlite_sql(table)
         return int(driver_execute(db, sql, [rows[0][name] for name in _columns(table)], alone=True).rowcount)
@@ -229,11 +230,7 @@ def _store(
         ids = list(hashes)
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            where = (
-                partitions.by_client_ids(db, tenant_id, chunk)
-                if model is Prediction
-                else (table.c.tenant_id == tenant_id) & table.c.client_id.in_(chunk)
-            )
+            where = partitions.by_client_ids(db, tenant_id, chunk, model)
             stored = db.execute(select(table.c.client_id, table.c.content_hash).where(where))
             _raise_on_changed(sorted(cid for cid, h in stored if hashes[cid] != h), noun)
     return accepted
@@ -375,9 +372,9 @@ def ingest_feedback(
     """Store feedback atomically and idempotently, then re-derive the effective label of the touched predictions."""
     pred_ids = {item.prediction_id for item in items}
     preds = {
-        cid: (pk, labels, name)
-        for cid, pk, labels, name in session.execute(
-            select(Prediction.client_id, Prediction.id, Task.labels, Task.name)
+        cid: (pk, labels, name, created)
+        for cid, pk, labels, name, created in session.execute(
+            select(Prediction.client_id, Prediction.id, Task.labels, Task.name, Prediction.created_at)
             .join(Task, Task.id == Prediction.task_id)
             .where(partitions.by_client_ids(session, tenant_id, sorted(pred_ids)))
         )
@@ -401,6 +398,7 @@ def ingest_feedback(
         {
             "tenant_id": tenant_id,
             "prediction_id": preds[item.prediction_id][0],
+            "prediction_created_at": preds[item.prediction_id][3],  # the partition key: its prediction's month
             "client_id": item.id,
             "label": item.label,
             "source": item.source,
@@ -416,7 +414,7 @@ def ingest_feedback(
     ]
     accepted = _store(session, Feedback, tenant_id, rows, "feedback")
     if accepted:
-        apply_rule(session, sorted({preds[i.prediction_id][0] for i in items}))
+        apply_rule(session, sorted({(preds[i.prediction_id][0], preds[i.prediction_id][3]) for i in items}))
     return IngestResult(accepted=accepted, duplicates=len(items) - accepted)
 
 
@@ -439,6 +437,7 @@ def record_feedback(
     row = Feedback(
         tenant_id=prediction.tenant_id,
         prediction_id=prediction.id,
+        prediction_created_at=prediction.created_at,
         client_id=client_id,
         created_at=created_at or now,
         received_at=now,
@@ -447,5 +446,6 @@ def record_feedback(
     )
     session.add(row)
     session.flush()
-    apply_rule(session, [prediction.id])
+    partitions.claim_keys(session, Feedback, [(row.tenant_id, row.client_id, row.id, row.prediction_created_at)])
+    apply_rule(session, [(prediction.id, prediction.created_at)])
     return row

@@ -20,13 +20,15 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Connection, delete, exists, func, insert, select
+from sqlalchemy import Connection, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
 from flywheel.core.errors import Unprocessable
 from flywheel.domain.effective import apply_rule
+from flywheel.domain.partitions import delete_feedback, feedback_joins_prediction, feedback_of, insert_feedback
 from flywheel.domain.schemas import KeywordsRuleIn, RegexRuleIn
 from flywheel.models.label_quality import LabelingRule
 from flywheel.models.records import Feedback, Prediction, Task
@@ -127,11 +129,14 @@ def replace_rules(
     return rows
 
 
-def _vote_row(tenant_id: int, prediction_id: int, matcher: Matcher, now: object) -> dict[str, object]:
+def _vote_row(
+    tenant_id: int, prediction_id: int, created_at: datetime, matcher: Matcher, now: object
+) -> dict[str, object]:
     payload = {"label": matcher.label, "source": RULE_SOURCE, "source_id": matcher.name}
     return {
         "tenant_id": tenant_id,
         "prediction_id": prediction_id,
+        "prediction_created_at": created_at,
         "client_id": f"~rule:{matcher.name}:{prediction_id}",  # "~" is never in a client's id: no collision
         "label": matcher.label,
         "source": RULE_SOURCE,
@@ -156,30 +161,36 @@ def apply_rules(db: Session | Connection, tenant_id: int, prediction_ids: Sequen
 
 def _apply_chunk(db: Session | Connection, tenant_id: int, ids: list[int]) -> int:
     preds = db.execute(
-        select(Prediction.id, Prediction.task_id, Prediction.text).where(
+        select(Prediction.id, Prediction.task_id, Prediction.text, Prediction.created_at).where(
             Prediction.tenant_id == tenant_id, Prediction.id.in_(ids)
         )
     ).all()
-    matchers = matchers_for(db, sorted({task_id for _, task_id, _ in preds}), tenant_id)
-    wanted = {(pid, m.name): m for pid, task_id, text in preds for m in matchers.get(task_id, []) if m.votes_on(text)}
+    if not preds:
+        return 0
+    created = {pid: at for pid, _, _, at in preds}
+    matchers = matchers_for(db, sorted({task_id for _, task_id, _, _ in preds}), tenant_id)
+    wanted = {
+        (pid, m.name): m for pid, task_id, text, _ in preds for m in matchers.get(task_id, []) if m.votes_on(text)
+    }
     have = {
         (pid, name): (fid, label)
         for fid, pid, name, label in db.execute(
             select(Feedback.id, Feedback.prediction_id, Feedback.source_id, Feedback.label).where(
-                Feedback.prediction_id.in_(ids), Feedback.source == RULE_SOURCE
+                feedback_of(created.items()), Feedback.source == RULE_SOURCE
             )
         )
     }
     stale = [(key, fid) for key, (fid, label) in have.items() if key not in wanted or wanted[key].label != label]
     if stale:
-        db.execute(delete(Feedback).where(Feedback.id.in_([fid for _, fid in stale])))
+        stale_of = {pid: created[pid] for (pid, _), _ in stale}
+        delete_feedback(db, feedback_of(stale_of.items()) & Feedback.id.in_([fid for _, fid in stale]))
     stale_keys = {key for key, _ in stale}
     kept = {key for key in have if key not in stale_keys}
     now = utcnow()
     new = [(pid, m) for (pid, name), m in wanted.items() if (pid, name) not in kept]
-    if new:
-        db.execute(insert(Feedback), [_vote_row(tenant_id, pid, m, now) for pid, m in new])
-    apply_rule(db, sorted({pid for (pid, _), _ in stale} | {pid for pid, _ in new}))
+    insert_feedback(db, [_vote_row(tenant_id, pid, created[pid], m, now) for pid, m in new])
+    changed = {pid for (pid, _), _ in stale} | {pid for pid, _ in new}
+    apply_rule(db, sorted((pid, created[pid]) for pid in changed))
     return len(new)
 
 
@@ -211,7 +222,7 @@ def tasks_with_rules(session: Session) -> list[int]:
     with_votes = set(
         session.scalars(
             select(Prediction.task_id)
-            .join(Feedback, Feedback.prediction_id == Prediction.id)
+            .join(Feedback, feedback_joins_prediction())
             .where(Feedback.source == RULE_SOURCE)
             .distinct()
         )
@@ -239,11 +250,11 @@ def rule_stats(session: Session, task_id: int, tenant_id: int | None) -> dict[st
     votes: dict[int, dict[str, str | None]] = defaultdict(dict)
     for pid, name, label in session.execute(
         select(Feedback.prediction_id, Feedback.source_id, Feedback.label)
-        .join(Prediction, Prediction.id == Feedback.prediction_id)
+        .join(Prediction, feedback_joins_prediction())
         .where(*scope, Feedback.source == RULE_SOURCE)
     ):
         votes[pid][str(name)] = label
-    human = exists().where(Feedback.prediction_id == Prediction.id, Feedback.source != RULE_SOURCE)
+    human = exists().where(feedback_joins_prediction(), Feedback.source != RULE_SOURCE)
     truth = {
         pid: label
         for pid, label in session.execute(

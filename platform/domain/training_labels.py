@@ -10,21 +10,22 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.orm import Session
 
+from flywheel.domain.partitions import feedback_joins_prediction
 from flywheel.models.label_quality import LabelQualityResult
 from flywheel.models.records import Feedback, Prediction
 
 
 def reviewed() -> ColumnElement[bool]:
     """The prediction has a reviewer's decision: a person looked, which overrides the automatic verdicts."""
-    return exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "reviewer")
+    return exists().where(feedback_joins_prediction(), Feedback.source == "reviewer")
 
 
 def rule_only() -> ColumnElement[bool]:
     """The prediction's label comes from labeling rules alone (rule votes, no person's feedback): such a label may
     train a model but never measure one (the holdout, SLAs)."""
     return and_(
-        exists().where(Feedback.prediction_id == Prediction.id, Feedback.source == "rule"),
-        ~exists().where(Feedback.prediction_id == Prediction.id, Feedback.source != "rule"),
+        exists().where(feedback_joins_prediction(), Feedback.source == "rule"),
+        ~exists().where(feedback_joins_prediction(), Feedback.source != "rule"),
     )
 
 

@@ -135,14 +135,31 @@ class Prediction(Base):
 
 
 class Feedback(Base):
-    """One label given for a prediction by one source. Kept forever, never overwritten."""
+    """One label given for a prediction by one source. Kept forever, never overwritten.
+
+    ``prediction_created_at`` is its prediction's ``created_at``, copied when the feedback is written (predictions
+    never change it): on PostgreSQL the feedback table is partitioned by it, so a month's predictions and their
+    feedback sit in partitions of the same month and are dropped together (``flywheel.domain.partitions``).
+    """
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("tenant_id", "client_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "client_id"),
+        # The few reviewer decisions among all feedback: "has a person reviewed it" (the review queue, training-set
+        # assembly) reads these instead of every feedback row.
+        Index(
+            "ix_feedback_reviewed",
+            "prediction_id",
+            "prediction_created_at",
+            postgresql_where=text("source = 'reviewer'"),
+            sqlite_where=text("source = 'reviewer'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    prediction_created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     client_id: Mapped[str] = mapped_column(String(128))
     label: Mapped[str | None] = mapped_column(String(200))  # null for a reviewer's "discard"
     source: Mapped[str] = mapped_column(String(16))

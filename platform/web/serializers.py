@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flywheel.domain.partitions import feedback_of
 from flywheel.domain.schemas import FeedbackOut, KeyOut, PredictionOut, TaskOut, TenantOut
 from flywheel.models.records import ApiKey, Feedback, Prediction, Task, Tenant
 
@@ -62,10 +63,10 @@ def feedback_out(row: Feedback) -> FeedbackOut:
 def predictions_out(session: Session, rows: Sequence[Prediction]) -> list[PredictionOut]:
     """Serialize predictions with their feedback, loaded in one query for the whole page."""
     by_prediction: dict[int, list[FeedbackOut]] = defaultdict(list)
-    with_feedback = [p.id for p in rows if p.feedback_count]
+    with_feedback = [(p.id, p.created_at) for p in rows if p.feedback_count]
     if with_feedback:
         for fb in session.scalars(
-            select(Feedback).where(Feedback.prediction_id.in_(with_feedback)).order_by(Feedback.created_at, Feedback.id)
+            select(Feedback).where(feedback_of(with_feedback)).order_by(Feedback.created_at, Feedback.id)
         ):
             by_prediction[fb.prediction_id].append(feedback_out(fb))
     return [

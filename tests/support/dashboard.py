@@ -95,6 +95,7 @@ def add_predictions(
                     Feedback(
                         tenant_id=tenant.id,
                         prediction_id=row.id,
+                        prediction_created_at=row.created_at,  # the partition key: its prediction's month
                         client_id=f"fb-{client_id}",
                         label=effective,
                         source="end_user",

@@ -1,8 +1,8 @@
 """label quality: ``predictions.in_sample``, the caller's mark that the logging model trained on the item, and
 room in ``label_quality_results.oos_source`` for the logging model's name
 
-Revision ID: 0015
-Revises: 0011
+Revision ID: 0014
+Revises: 0012
 Create Date: 2026-12-05
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015"
-down_revision: str | Sequence[str] | None = "0011"
+revision: str = "0014"
+down_revision: str | Sequence[str] | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
