@@ -69,6 +69,12 @@ def _echo_summary(result: PassResult) -> None:
             f"({s['labels_per_class']:.0f} labels per class; the rest stay in training until reviewed)"
         )
     click.echo(f"  out-of-sample sources: {s['oos_sources']}   cleanlab: {s['cleanlab_method']}")
+    windows = s.get("text_windows")
+    if windows:
+        click.echo(
+            f"  embedding window: {windows['embedding']} tokens (p95 of the texts {windows['p95_tokens']}, "
+            f"limit {windows['limit']}; {windows['over_embedding']:.1%} longer, chunked and pooled)"
+        )
     cons = s["consensus"]
     click.echo(
         f"  consensus: {cons['method']} (overlap {cons['overlap']} predictions with 2+ sources; "
