@@ -69,6 +69,12 @@ def _echo_summary(result: PassResult) -> None:
             f"({s['labels_per_class']:.0f} labels per class; the rest stay in training until reviewed)"
         )
     click.echo(f"  out-of-sample sources: {s['oos_sources']}   cleanlab: {s['cleanlab_method']}")
+    windows = s.get("text_windows")
+    if windows:
+        click.echo(
+            f"  embedding window: {windows['embedding']} tokens (p95 of the texts {windows['p95_tokens']}, "
+            f"limit {windows['limit']}; {windows['over_embedding']:.1%} longer, chunked and pooled)"
+        )
     for model, w in s.get("logged_models", {}).items():
         accuracy = "-" if w["accuracy"] is None else f"{w['accuracy']:.1%}"
         click.echo(

@@ -4,7 +4,8 @@
 
 1. load the labeled predictions outside the evaluation holdout (the holdout is never scored, filtered or
    relabeled here), their feedback, and the newest unlabeled predictions (``labeled_set``);
-2. embeddings through the cache (``flywheel.domain.embeddings``);
+2. embeddings through the cache (``flywheel.domain.embeddings``), at the embedding window chosen from the labeled
+   texts' lengths (``flywheel.domain.windows``; longer texts chunked and pooled), recorded in the summary;
 3. out-of-sample probabilities (K-fold CV on the embeddings, the task's other tenants' labels as extra training
    rows, averaged with logged probabilities of our own served models where those never trained on the example;
    ``scoring``) and the consensus label of each prediction: CROWDLAB once enough predictions carry labels from two
@@ -137,8 +138,8 @@ def _run(
 
     n = len(labeled.items)
     with _timed(timings, "embedding"):
-        encoder = encoder if encoder is not None else _base_encoder(settings)
         texts = [it.text for it in labeled.items]
+        encoder, windows = _windowed(encoder if encoder is not None else _base_encoder(settings), texts)
         x = embed_texts(db, texts, encoder, lambda done: report(0.05 + 0.55 * done / n, f"embedded {done}/{n} texts"))
     with _timed(timings, "cross_validation"):
         pool = load_pool(db, settings, labeled, encoder)
@@ -165,6 +166,7 @@ def _run(
         cv_folds=settings.cv_folds,
         embedding_dim=int(x.shape[1]),
         encoder_id=getattr(encoder, "id", None),
+        text_windows=windows,
     )
     return _finish(db, report, labeled, PassOutput(rows, sources), {**summary, "timings": timings})
 
@@ -175,6 +177,18 @@ def _too_few(labeled: LabeledSet, min_labeled: int) -> str | None:
     if n < min_labeled or classes < 2:
         return f"{n} labeled predictions outside the holdout ({classes} classes): too few to check"
     return None
+
+
+def _windowed(encoder: Any, texts: list[str]) -> tuple[Any, dict[str, Any] | None]:
+    """The encoder at the embedding window chosen from ``texts`` (the same rule as training's), and what was
+    chosen; an encoder that cannot be windowed (a test's fake) is used as it is, with None."""
+    if not (hasattr(encoder, "windowed") and hasattr(encoder, "token_lengths")):
+        return encoder, None
+    from flywheel.domain.windows import text_windows
+
+    windows = text_windows(texts, encoder.token_lengths, limit=encoder.limit)
+    summary = {k: v for k, v in windows.to_dict().items() if k not in ("fine_tuning", "over_fine_tuning", "truncation")}
+    return encoder.windowed(windows.embedding), summary
 
 
 def _base_encoder(settings: Settings) -> Any:

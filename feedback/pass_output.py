@@ -120,6 +120,7 @@ def pass_summary(
     cv_folds: int,
     embedding_dim: int,
     encoder_id: str | None,
+    text_windows: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's ``summary`` (stored as JSON, shown by the API and ``flywheel labels check``)."""
     is_issue, exclude, pooled = verdict.is_issue, verdict.exclude, verdict.pooled_labels
@@ -143,4 +144,7 @@ def pass_summary(
         "n_excluded_by_source": sum(1 for r in rows if r.exclude_reason == EXCLUDED_SOURCE),
         "embedding_dim": embedding_dim,
         "encoder": encoder_id,
+        # The embedding window in tokens (None: an encoder that is not windowed) and what it was chosen from.
+        "embedding_window": text_windows.get("embedding") if text_windows else None,
+        "text_windows": dict(text_windows) if text_windows else None,
     }

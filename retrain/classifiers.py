@@ -62,11 +62,46 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _embed(base_model: str | None, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    """``(N, D)`` embeddings of ``texts`` by the frozen base encoder, for the heads that sit on it."""
+def _embed(base_model: str | None, texts: Sequence[str], batch_size: int, window: int | None = None) -> np.ndarray:
+    """``(N, D)`` embeddings of ``texts`` by the frozen base encoder, for the heads that sit on it: at the model's
+    recorded embedding ``window`` (longer texts chunked and pooled), or, for a model that records none, as the bare
+    encoder embeds them (cut at 128 tokens)."""
     from flywheel.domain.encoder import load_encoder
 
-    return np.asarray(load_encoder(base_model).embed(list(texts), batch_size=max(batch_size, 64)))
+    encoder = load_encoder(base_model)
+    batch = max(batch_size, 64)
+    if window:
+        return np.asarray(encoder.windowed(window).embed(list(texts), batch_size=batch))
+    return np.asarray(encoder.embed(list(texts), batch_size=batch))
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head") -> list[list[int]]:
+    """Each text's token ids with special tokens, at most ``max_length``: cut at the end (``head``: models whose
+    metadata names no truncation) or keeping head and tail (``head_tail``,
+    ``flywheel.domain.windows.head_tail``). A text that fits is the same either way."""
+    texts = list(texts)
+    if truncation == "head":
+        return [list(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    if truncation != "head_tail":
+        raise ValueError(f"truncation must be 'head' or 'head_tail', not {truncation!r}")
+    from flywheel.domain.encoder import special_frame
+    from flywheel.domain.windows import head_tail
+
+    prefix, suffix = special_frame(tokenizer)
+    room = max_length - len(prefix) - len(suffix)
+    bodies = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return [[*prefix, *head_tail(list(body), room), *suffix] for body in bodies]
+
+
+def pad_ids(rows: Sequence[list[int]], pad_id: int) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64), the rows padded to their longest."""
+    width = max((len(r) for r in rows), default=0)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        input_ids[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def base_name(base_model: str | Path | None) -> str | None:
@@ -188,6 +223,7 @@ class FewShotClassifier:
     base_model: str | None = None
     train_info: dict[str, Any] = field(default_factory=dict)
     rung: str = "few_shot"
+    embed_window: int | None = None  # the embedding window it trained at (None: the bare encoder's 128, cut)
 
     def predict_proba_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed ``(N, D)`` text embeddings (e.g. from the embedding cache)."""
@@ -195,13 +231,19 @@ class FewShotClassifier:
         return _softmax(logits)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size))
+        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size, self.embed_window))
 
     def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         np.savez(path / "head.npz", coef=self.coef.astype(np.float32), intercept=self.intercept.astype(np.float32))
-        own = {"rung": self.rung, "labels": self.labels, "base_model": self.base_model, **self.train_info}
+        own = {
+            "rung": self.rung,
+            "labels": self.labels,
+            "base_model": self.base_model,
+            "embed_window": self.embed_window,
+            **self.train_info,
+        }
         _write_metadata(path, own, metadata)
 
 
@@ -229,12 +271,15 @@ def train_few_shot(
     embeddings: np.ndarray | None = None,
     c: float = 10.0,
     sample_weight: Sequence[float] | np.ndarray | None = None,
+    embed_window: int | None = None,
 ) -> FewShotClassifier:
     """Fit the few-shot head: logistic regression on frozen, unit-norm base-encoder embeddings.
 
     ``y`` holds label names or indices into ``labels``; ``embeddings`` (N, D), if given, replace embedding
-    ``texts`` (pass the cached ones); ``sample_weight`` (N,) weighs each example's loss (the label-quality
-    pass's probability that its label is right). Labels with no example keep probability 0.
+    ``texts`` (pass the cached ones, made at ``embed_window``); ``sample_weight`` (N,) weighs each example's loss
+    (the label-quality pass's probability that its label is right). ``embed_window``: the task's embedding window,
+    recorded and used again at inference (None: the bare encoder, cut at 128 tokens). Labels with no example keep
+    probability 0.
     """
     import time
 
@@ -246,7 +291,7 @@ def train_few_shot(
         raise ValueError(f"{len(texts)} texts but {len(idx)} labels")
     if len(np.unique(idx)) < 2:
         raise ValueError("the few-shot head needs examples of at least 2 labels")
-    X = _frozen_features(texts, embeddings, base_model, n=len(idx))
+    X = _frozen_features(texts, embeddings, base_model, n=len(idx), window=embed_window)
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if weights is not None and weights.shape != (len(idx),):
         raise ValueError(f"{len(idx)} labels but sample_weight has shape {weights.shape}")
@@ -264,7 +309,12 @@ def train_few_shot(
         "seed": seed,
     }
     return FewShotClassifier(
-        labels=labels, coef=coef, intercept=intercept, base_model=base_name(base_model), train_info=info
+        labels=labels,
+        coef=coef,
+        intercept=intercept,
+        base_model=base_name(base_model),
+        train_info=info,
+        embed_window=embed_window,
     )
 
 
@@ -288,6 +338,7 @@ class KnnClassifier:
     train_info: dict[str, Any] = field(default_factory=dict)
     rung: str = "few_shot"
     head: str = "knn"
+    embed_window: int | None = None  # the embedding window it trained at (None: the bare encoder's 128, cut)
 
     def predict_proba_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)`` from precomputed ``(N, D)`` text embeddings."""
@@ -305,7 +356,7 @@ class KnnClassifier:
         return out / out.sum(axis=1, keepdims=True)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size))
+        return self.predict_proba_embeddings(_embed(self.base_model, texts, batch_size, self.embed_window))
 
     def save(self, directory: str | Path, *, metadata: Mapping[str, Any]) -> None:
         path = Path(directory)
@@ -317,6 +368,7 @@ class KnnClassifier:
             "k": self.k,
             "labels": self.labels,
             "base_model": self.base_model,
+            "embed_window": self.embed_window,
             **self.train_info,
         }
         _write_metadata(path, own, metadata)
@@ -329,8 +381,10 @@ def train_knn(
     embeddings: np.ndarray,
     base_model: str | Path | None = None,
     k: int = KNN_K,
+    embed_window: int | None = None,
 ) -> KnnClassifier:
-    """The kNN head over ``(N, D)`` training embeddings (the cached ones) and their labels."""
+    """The kNN head over ``(N, D)`` training embeddings (the cached ones, made at ``embed_window``) and their
+    labels."""
     labels = list(labels)
     idx = label_indices(y, labels)
     memory = np.asarray(embeddings, dtype=np.float32)
@@ -338,17 +392,22 @@ def train_knn(
         raise ValueError(f"{memory.shape[0]} embeddings but {len(idx)} labels")
     memory = memory / np.clip(np.linalg.norm(memory, axis=1, keepdims=True), 1e-9, None)
     info = {"train_samples": len(idx), "train_labels_present": len(np.unique(idx))}
-    return KnnClassifier(labels, memory, idx.astype(np.int64), k, base_name(base_model), info)
+    return KnnClassifier(
+        labels, memory, idx.astype(np.int64), k, base_name(base_model), info, embed_window=embed_window
+    )
 
 
 def _frozen_features(
-    texts: Sequence[str], embeddings: np.ndarray | None, base_model: str | Path | None, *, n: int
+    texts: Sequence[str],
+    embeddings: np.ndarray | None,
+    base_model: str | Path | None,
+    *,
+    n: int,
+    window: int | None = None,
 ) -> np.ndarray:
-    """``(N, D)`` float32: the given embeddings, or the texts embedded by the base encoder."""
+    """``(N, D)`` float32: the given embeddings, or the texts embedded by the base encoder (at ``window``)."""
     if embeddings is None:
-        from flywheel.domain.encoder import load_encoder
-
-        embeddings = load_encoder(base_model).embed(list(texts))
+        embeddings = _embed(base_name(base_model), texts, 64, window)
     X = np.asarray(embeddings, dtype=np.float32)
     if X.shape[0] != n:
         raise ValueError(f"{X.shape[0]} embeddings but {n} labels")
@@ -391,7 +450,10 @@ class FineTunedClassifier:
     tokenizer: Any
     labels: list[str]
     base_model: str | None = None
-    max_length: int = 64
+    max_length: int = 64  # its fine-tuning window, chosen from the training texts' lengths
+    # How a longer text is cut: "head_tail" (its first quarter and last three quarters of the window), what
+    # fine_tune trains with; "head" (the first tokens) where the metadata names none.
+    truncation: str = "head"
     device: str = "cpu"
     precision: str = "fp32"
     train_info: dict[str, Any] = field(default_factory=dict)
@@ -424,27 +486,22 @@ class FineTunedClassifier:
             return out
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        pad_id = int(self.tokenizer.pad_token_id or 0)
 
-        def encode(idx: np.ndarray, tensors: str) -> Any:
-            batch = [texts[i] for i in idx]
-            return self.tokenizer(
-                batch, padding=True, truncation=True, max_length=self.max_length, return_tensors=tensors
-            )
+        def encode(idx: np.ndarray) -> dict[str, np.ndarray]:
+            ids = token_ids(self.tokenizer, [texts[i] for i in idx], self.max_length, self.truncation)
+            return pad_ids(ids, pad_id)
 
         if self.session is not None:
             for idx in batches:
-                enc = encode(idx, "np")
-                feeds = {k: np.asarray(enc[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-                out[idx] = self.session.run(["logits"], feeds)[0]
+                out[idx] = self.session.run(["logits"], encode(idx))[0]
             return out
         import torch
 
         self.model.eval()
         with torch.inference_mode():
             for idx in batches:
-                enc = {
-                    k: v.to(self.device) for k, v in encode(idx, "pt").items() if k in ("input_ids", "attention_mask")
-                }
+                enc = {k: torch.from_numpy(v).to(self.device) for k, v in encode(idx).items()}
                 out[idx] = self.model(**enc).logits.float().cpu().numpy()
         return out
 
@@ -475,6 +532,7 @@ class FineTunedClassifier:
             labels=self.labels,
             base_model=self.base_model,
             max_length=self.max_length,
+            truncation=self.truncation,
             device=self.device,
             precision=OPTIMIZED_PRECISION,
             train_info=self.train_info,
@@ -499,6 +557,7 @@ class FineTunedClassifier:
             "labels": self.labels,
             "base_model": self.base_model,
             "max_length": self.max_length,
+            "truncation": self.truncation,
             **self.train_info,
         }
         if self.optimization is not None:
@@ -532,6 +591,7 @@ def _load_fine_tuned(path: Path, meta: Mapping[str, Any], device: str) -> FineTu
         labels=list(meta["labels"]),
         base_model=meta.get("base_model"),
         max_length=int(meta.get("max_length", 64)),
+        truncation=str(meta.get("truncation", "head")),
         device=device,
         train_info={k: meta[k] for k in info_keys if k in meta},
         optimization=meta.get("optimization"),
@@ -584,12 +644,21 @@ def load_classifier(
     if rung == "few_shot" and meta.get("head") == "knn":
         knn = np.load(path / "knn.npz")
         return KnnClassifier(
-            labels, knn["memory"], knn["targets"].astype(np.int64), int(meta["k"]), meta.get("base_model")
+            labels,
+            knn["memory"],
+            knn["targets"].astype(np.int64),
+            int(meta["k"]),
+            meta.get("base_model"),
+            embed_window=meta.get("embed_window"),
         )
     if rung == "few_shot":
         head = np.load(path / "head.npz")
         return FewShotClassifier(
-            labels=labels, coef=head["coef"], intercept=head["intercept"], base_model=meta.get("base_model")
+            labels=labels,
+            coef=head["coef"],
+            intercept=head["intercept"],
+            base_model=meta.get("base_model"),
+            embed_window=meta.get("embed_window"),
         )
     if rung == "fine_tuned":
         clf = _load_fine_tuned(path, meta, device or _default_device())

@@ -20,6 +20,7 @@ from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.encoder import load_encoder
 from flywheel.domain.holdout import is_holdout
 from flywheel.domain.training_labels import excluded_prediction_ids, rule_only, training_weights
+from flywheel.domain.windows import TextWindows, text_windows
 from flywheel.models.label_quality import LabelingRule
 from flywheel.models.records import Prediction, Task, Tenant
 
@@ -160,17 +161,25 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
     )
 
 
-def embeddings_for(db: Database, texts: list[str], base_model: str | None) -> Any:
-    """Frozen-encoder embeddings through the shared embedding cache (each text is embedded once per encoder).
+def embeddings_for(db: Database, texts: list[str], base_model: str | None, window: int | None = None) -> Any:
+    """Frozen-encoder embeddings through the shared embedding cache (each text is embedded once per encoder and
+    window). ``window``: the task's embedding window (longer texts chunked and pooled); None: the bare encoder.
 
     One short transaction per chunk: on SQLite a transaction holds the write lock, and ingestion must not wait
     for a whole training set to be embedded.
     """
     import numpy as np
 
-    encoder = load_encoder(base_model or None)
+    base = load_encoder(base_model or None)
+    encoder: Any = base.windowed(window) if window else base
     parts = []
     for start in range(0, len(texts), EMBED_CHUNK):
         with db.session() as session:
             parts.append(np.asarray(get_embeddings(session, texts[start : start + EMBED_CHUNK], encoder=encoder)))
-    return np.concatenate(parts) if parts else encoder.embed([])
+    return np.concatenate(parts) if parts else base.embed([])
+
+
+def windows_for(texts: list[str], base_model: str | None) -> TextWindows:
+    """The embedding and fine-tuning windows for these texts (a sample's token lengths, under the base's limit)."""
+    encoder = load_encoder(base_model or None)
+    return text_windows(texts, encoder.token_lengths, limit=encoder.limit)

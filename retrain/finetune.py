@@ -7,8 +7,9 @@ status row. :func:`fine_tune` reads as its stages, like transformers' ``run_glue
 
 - build the model: seed Python, NumPy and torch (``transformers.set_seed``), then load the base and a fresh head;
 - prepare the data (:func:`prepare_split`): a stratified validation set split off the training texts (early
-  stopping watches it, and the best epoch's weights are restored), every text tokenized once; batches are
-  padded to their own longest text (dynamic padding) and grouped by length;
+  stopping watches it, and the best epoch's weights are restored), every text tokenized once, at the fine-tuning
+  window chosen from the texts' lengths unless the config sets one (a longer text keeps its head and tail);
+  batches are padded to their own longest text (dynamic padding) and grouped by length;
 - initialize the head: from a logistic regression on the base's features (linear probe, then fine-tune all);
 - train epochs with early stopping: the loss weighted by inverse class frequency (``balanced``) so rare labels
   count, and each example by its ``sample_weight`` (the label-quality pass's probability that its label is
@@ -20,13 +21,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flywheel.retrain.architectures import load_model_for_training
-from flywheel.retrain.classifiers import FineTunedClassifier, base_name, label_indices, per_label_coefficients
+from flywheel.retrain.classifiers import (
+    FineTunedClassifier,
+    base_name,
+    label_indices,
+    per_label_coefficients,
+    token_ids,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -45,7 +52,11 @@ class FineTuneConfig:
     head_learning_rate: float | None = None  # None: same as learning_rate
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
-    max_length: int = 64
+    # The fine-tuning window in tokens; None: chosen from the training texts (``flywheel.domain.windows``: their
+    # p95 length rounded up to 32, at least 64, at most the base model's limit). Recorded with the model.
+    max_length: int | None = None
+    # How a longer text is cut: "head_tail" (first quarter + last three quarters of the window) or "head".
+    truncation: str = "head_tail"
     seed: int = 0
     val_fraction: float = 0.1  # 0 disables the validation split (and so early stopping)
     patience: int = 3  # epochs without a better validation score before stopping
@@ -72,10 +83,25 @@ class FineTuneConfig:
 # ------------------------------------------------------------------------------------------------ data helpers
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated, unpadded (padding happens per batch)."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    return [list(ids) for ids in enc["input_ids"]]
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head") -> list[list[int]]:
+    """Token ids per text, at most ``max_length`` (cut as ``truncation`` says), unpadded (padding happens per
+    batch)."""
+    return token_ids(tokenizer, texts, max_length, truncation)
+
+
+def fine_tuning_window(tokenizer: Any, model_dir: Any, config: Any, texts: Sequence[str]) -> int:
+    """The fine-tuning window for ``texts``: chosen from their token lengths under the base model's limit, by the
+    rule a training run uses (``flywheel.domain.windows.text_windows``)."""
+    from flywheel.domain.encoder import special_frame, window_limit
+    from flywheel.domain.windows import text_windows
+
+    special = sum(len(part) for part in special_frame(tokenizer))
+
+    def lengths_of(sample: list[str]) -> list[int]:
+        bodies = tokenizer(sample, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return [len(body) + special for body in bodies]
+
+    return text_windows(texts, lengths_of, limit=window_limit(model_dir, tokenizer, config)).fine_tuning
 
 
 def make_batches(
@@ -381,7 +407,10 @@ def fine_tune(
 
     report(0.0, "loading base model")
     set_seed(cfg.seed)  # before the head is initialized
-    tokenizer, model = load_model_for_training(base_model_path(cfg.base_model), labels, pooling=cfg.pooling)
+    base_dir = base_model_path(cfg.base_model)
+    tokenizer, model = load_model_for_training(base_dir, labels, pooling=cfg.pooling)
+    if cfg.max_length is None:
+        cfg = replace(cfg, max_length=fine_tuning_window(tokenizer, base_dir, model.config, texts))
     model.to(device).train()
     pad_id = int(tokenizer.pad_token_id or 0)
     split = prepare_split(tokenizer, texts, y_idx, example_weights, cfg)
@@ -430,7 +459,9 @@ def prepare_split(
 ) -> TrainingSplit:
     """Split off the validation rows (stratified, ``cfg.val_fraction``) and tokenize every text once."""
     train_idx, val_idx = split_validation(y_idx, cfg.val_fraction, cfg.seed)
-    ids = tokenize(tokenizer, texts, cfg.max_length)
+    if cfg.max_length is None:
+        raise ValueError("prepare_split needs the config's max_length (fine_tune chooses it from the texts)")
+    ids = tokenize(tokenizer, texts, cfg.max_length, cfg.truncation)
     return TrainingSplit(
         train_ids=[ids[i] for i in train_idx],
         train_y=y_idx[train_idx],
@@ -659,7 +690,8 @@ def _classifier(
         tokenizer=tokenizer,
         labels=labels,
         base_model=base_name(cfg.base_model),
-        max_length=cfg.max_length,
+        max_length=int(cfg.max_length or 64),
+        truncation=cfg.truncation,
         device=stats.device,
         train_info={
             "metrics": stats.metrics,

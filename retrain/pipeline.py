@@ -1,8 +1,8 @@
 """One claimed training run, from its data to its final status, as named stages (after transformers' run_glue.py):
 
-load the inputs → choose the rung → train the candidates (each evaluated on the holdout) → pick the best →
-evaluate the champion → judge (the gate) → check the optimized variant → save the artifact → register the model
-version → promote it or not → finish the run.
+load the inputs → choose the rung → choose the text windows → train the candidates (each evaluated on the
+holdout) → pick the best → evaluate the champion → judge (the gate) → check the optimized variant → save the
+artifact → register the model version → promote it or not → finish the run.
 
 Each stage returns a typed result; the dictionaries stored on the run, the model version and the artifact are
 built from them at the very end, in the shapes the API has always returned. Nothing is written to the database
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,12 +28,13 @@ from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.slas import Sla
 from flywheel.models.training import ChampionSlot, ModelTrainingRow, ModelVersion, TrainingRun
 from flywheel.retrain import gate, registry
-from flywheel.retrain.dataset import LabeledSet, TrainingData, build_training_data, embeddings_for
+from flywheel.retrain.dataset import LabeledSet, TrainingData, build_training_data, embeddings_for, windows_for
 from flywheel.retrain.routing import QUEUE_GPU, Executor, owner, route_fine_tune
 
 if TYPE_CHECKING:
     from flywheel.core.config import Settings
     from flywheel.core.db import Database
+    from flywheel.domain.windows import TextWindows
     from flywheel.retrain.finetune import FineTuneConfig, FineTuneStats, Progress
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class RunInputs:
     variant_tenants: list[str]  # tenants with a variant of their own: the shared model is not judged on them
     slas: dict[str, list[tuple[str, float]]]  # {tenant slug: [(metric, threshold)]}
     notes: list[str] = field(default_factory=list)  # why the run did what it did, beyond the gate (e.g. routing)
+    # The embedding and fine-tuning windows chosen from the training texts (``choose_windows``); also in
+    # ``lineage["text_windows"]``, so the run, the model version and the artifact record them.
+    windows: TextWindows | None = None
 
     @property
     def is_variant(self) -> bool:
@@ -168,6 +172,7 @@ def train_and_gate(
             rung, why = ("few_shot", routing) if not inputs.is_variant else (None, routing)
     if rung is None:
         return finish_skipped(db, inputs, why)
+    inputs = choose_windows(inputs)
     report(0.05, f"training the {rung.replace('_', '-')} rung on {len(inputs.data.train)} labels ({why})", force=True)
     candidates = train_candidates(db, settings, inputs, rung, report, fine_tune_overrides)
 
@@ -263,6 +268,13 @@ def choose_rung(data: TrainingData, settings: Settings) -> tuple[str | None, str
     )
 
 
+def choose_windows(inputs: RunInputs) -> RunInputs:
+    """The embedding and fine-tuning windows, chosen from the training texts' token lengths
+    (``flywheel.domain.windows``), recorded in the lineage that the run, the model version and the artifact keep."""
+    windows = windows_for(inputs.data.train.texts, inputs.base)
+    return replace(inputs, windows=windows, lineage={**inputs.lineage, "text_windows": windows.to_dict()})
+
+
 def train_candidates(
     db: Database,
     settings: Settings,
@@ -274,8 +286,9 @@ def train_candidates(
     """The few-shot heads (shared models only: logistic regression, and the kNN head while the training set is at
     most ``KNN_MAX_TRAIN``), then the fine-tuned rung when the data supports it."""
     candidates: list[Candidate] = []
+    window = inputs.windows.embedding if inputs.windows is not None else None
     if not inputs.is_variant:
-        embeddings = embeddings_for(db, inputs.data.train.texts, inputs.base)
+        embeddings = embeddings_for(db, inputs.data.train.texts, inputs.base, window)
         candidates.append(train_few_shot_candidate(inputs, embeddings))
         if len(inputs.data.train) <= KNN_MAX_TRAIN:
             candidates.append(train_knn_candidate(inputs, embeddings))
@@ -286,7 +299,12 @@ def train_candidates(
         def scaled(fraction: float, message: str) -> None:
             report(start + (0.85 - start) * fraction, message)
 
-        config = fine_tune_config(settings, inputs.base, fine_tune_overrides)
+        window = inputs.windows.fine_tuning if inputs.windows is not None else None
+        config = fine_tune_config(settings, inputs.base, fine_tune_overrides, window)
+        if window is not None and config.max_length != window:
+            inputs.notes.append(
+                f"fine-tuning window {config.max_length} set by configuration (the data chose {window})"
+            )
         candidates.append(train_fine_tuned_candidate(inputs, config, scaled))
     return candidates
 
@@ -304,6 +322,7 @@ def train_few_shot_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
         seed=0,
         embeddings=embeddings,
         sample_weight=train.sample_weight,
+        embed_window=inputs.windows.embedding if inputs.windows is not None else None,
     )
     return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data))
 
@@ -312,7 +331,13 @@ def train_knn_candidate(inputs: RunInputs, embeddings: Any) -> Candidate:
     """The nearest-neighbour head on the same embeddings: nothing to fit, so cheap while the set is small."""
     from flywheel.retrain.classifiers import train_knn
 
-    head = train_knn(inputs.data.train.labels, inputs.data.labels, embeddings=embeddings, base_model=inputs.base)
+    head = train_knn(
+        inputs.data.train.labels,
+        inputs.data.labels,
+        embeddings=embeddings,
+        base_model=inputs.base,
+        embed_window=inputs.windows.embedding if inputs.windows is not None else None,
+    )
     return Candidate("few_shot", head, evaluate_on_holdout(head, inputs.data), head="knn")
 
 
@@ -332,11 +357,14 @@ def train_fine_tuned_candidate(inputs: RunInputs, config: FineTuneConfig, progre
     return Candidate("fine_tuned", clf, evaluate_on_holdout(clf, inputs.data), stats)
 
 
-def fine_tune_config(settings: Settings, base: str | None, overrides: dict[str, Any] | None) -> FineTuneConfig:
-    """Seed 0 and the configured epochs, then the deployment's ``fine_tune`` settings, then the caller's overrides."""
+def fine_tune_config(
+    settings: Settings, base: str | None, overrides: dict[str, Any] | None, window: int | None = None
+) -> FineTuneConfig:
+    """Seed 0, the configured epochs and the chosen fine-tuning ``window``, then the deployment's ``fine_tune``
+    settings, then the caller's overrides."""
     from flywheel.retrain.finetune import FineTuneConfig
 
-    values: dict[str, Any] = {"base_model": base, "seed": 0, "epochs": settings.fine_tune_epochs}
+    values: dict[str, Any] = {"base_model": base, "seed": 0, "epochs": settings.fine_tune_epochs, "max_length": window}
     values.update(settings.extra.get("fine_tune") or {})  # FineTuneConfig fields, e.g. from a deployment's config
     values.update(overrides or {})
     return FineTuneConfig(**values)

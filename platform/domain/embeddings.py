@@ -2,6 +2,10 @@
 
 Keyed by (encoder id, SHA-256 of the text). Other areas (drift, few-shot, simulation) call ``get_embeddings``
 instead of embedding themselves. The service takes the session and never commits.
+
+An encoder at a task's window (``flywheel.domain.encoder.WindowedEncoder``) keys each text by ``cache_keys``: the bare
+encoder's id where the text is embedded exactly as the bare encoder embeds it, its own id (which names the window
+and the chunking) where the window changes the embedding, so embeddings made at different windows never mix.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ def get_embeddings(
 ) -> np.ndarray:
     """``(N, D)`` float32 unit-norm embeddings of ``texts``, computing (and caching) only the missing ones.
 
-    ``encoder``: anything with ``.id`` and ``.embed(texts) -> (n, D)``; the packaged base encoder by default.
-    ``progress(n)`` is called with the number of texts done at each step (cached ones count at once).
+    ``encoder``: anything with ``.id`` and ``.embed(texts) -> (n, D)`` (and, optionally, ``.cache_keys(texts)``
+    giving each text's key); the packaged base encoder by default. ``progress(n)`` is called with the number of
+    texts done at each step (cached ones count at once).
     """
     from flywheel.domain.encoder import load_encoder, text_hash
 
@@ -44,25 +49,19 @@ def get_embeddings(
         dim = int(getattr(enc, "dim", 0) or 0)
         return np.zeros((0, dim), dtype=np.float32)
     hashes = [text_hash(t) for t in texts]
-    unique = list(dict.fromkeys(hashes))
+    first = dict(zip(hashes, texts, strict=True))  # one text per hash
+    unique = list(first)
+    key_of = dict(zip(unique, _cache_keys(enc, [first[h] for h in unique]), strict=True))
     found: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique), LOOKUP_CHUNK):
-        chunk = unique[start : start + LOOKUP_CHUNK]
-        rows = session.execute(
-            select(EmbeddingCache.text_hash, EmbeddingCache.dim, EmbeddingCache.vector).where(
-                EmbeddingCache.encoder_id == enc.id, EmbeddingCache.text_hash.in_(chunk)
-            )
-        )
-        for h, dim, blob in rows:
-            found[h] = np.frombuffer(blob, dtype="<f4", count=dim)
+    for key in dict.fromkeys(key_of.values()):
+        _lookup(session, key, [h for h in unique if key_of[h] == key], found)
     if progress is not None:
         progress(sum(1 for h in hashes if h in found))
-    first_text = {h: t for h, t in zip(hashes, texts, strict=True)}
     missing = [h for h in unique if h not in found]
     for start in range(0, len(missing), EMBED_CHUNK):
         chunk = missing[start : start + EMBED_CHUNK]
-        vectors = np.asarray(enc.embed([first_text[h] for h in chunk]), dtype=np.float32)
-        _store(session, enc.id, chunk, vectors)
+        vectors = np.asarray(enc.embed([first[h] for h in chunk]), dtype=np.float32)
+        _store(session, [key_of[h] for h in chunk], chunk, vectors)
         for h, v in zip(chunk, vectors, strict=True):
             found[h] = v
         if progress is not None:
@@ -71,18 +70,37 @@ def get_embeddings(
     return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False)
 
 
-def _store(session: Session, encoder_id: str, hashes: list[str], vectors: np.ndarray) -> None:
+def _cache_keys(enc: Any, texts: list[str]) -> list[str]:
+    """Each text's cache key: the encoder's ``cache_keys`` where it has them, else its id for every text."""
+    keys = getattr(enc, "cache_keys", None)
+    return list(keys(texts)) if callable(keys) else [str(enc.id)] * len(texts)
+
+
+def _lookup(session: Session, encoder_id: str, hashes: list[str], found: dict[str, np.ndarray]) -> None:
+    """Add to ``found`` the cached vectors of ``hashes`` under ``encoder_id``."""
+    for start in range(0, len(hashes), LOOKUP_CHUNK):
+        rows = session.execute(
+            select(EmbeddingCache.text_hash, EmbeddingCache.dim, EmbeddingCache.vector).where(
+                EmbeddingCache.encoder_id == encoder_id,
+                EmbeddingCache.text_hash.in_(hashes[start : start + LOOKUP_CHUNK]),
+            )
+        )
+        for h, dim, blob in rows:
+            found[h] = np.frombuffer(blob, dtype="<f4", count=dim)
+
+
+def _store(session: Session, encoder_ids: list[str], hashes: list[str], vectors: np.ndarray) -> None:
     """Insert, ignoring rows another process stored meanwhile (same key, same vector)."""
     now = utcnow()
     rows = [
         {
-            "encoder_id": encoder_id,
+            "encoder_id": key,
             "text_hash": h,
             "dim": int(v.shape[0]),
             "vector": v.astype("<f4").tobytes(),
             "created_at": now,
         }
-        for h, v in zip(hashes, vectors, strict=True)
+        for key, h, v in zip(encoder_ids, hashes, vectors, strict=True)
     ]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
