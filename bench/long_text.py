@@ -7,7 +7,9 @@ sentences for it. Each document is a thread of real messages:
   from domains that have nothing to do with banking (small talk, home, kitchen and dining, auto and commute,
   utility, meta) and ``ham`` (non-spam) messages from sms_spam: the chit-chat before the customer gets to the point;
 - then the banking77 request, whose intent is the document's label: last in most documents, and in the middle
-  (more messages after it) in a third of them.
+  (more messages after it) in a third of them. With ``requests=k`` (a support ticket rather than a thread), the
+  customer states the issue ``k`` times, in ``k`` different banking77 utterances of the same intent, one after
+  the other.
 
 Lengths are drawn uniformly between 150 and 600 tokens (all-MiniLM-L6-v2's tokenizer, special tokens included), so a
 window of 128 tokens sees only the chit-chat of almost every document: the label-bearing request lies beyond it.
@@ -67,9 +69,15 @@ def _token_counts(texts: tuple[str, ...]) -> np.ndarray:
     return np.array([len(x) for x in ids], dtype=np.int64)
 
 
-def long_text_set(split: str = "train", seed: int = 0, n: int | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """``n`` documents (default 2,000 train / 1,000 test) of 150–600 tokens: texts, label ids, class names."""
+def long_text_set(
+    split: str = "train", seed: int = 0, n: int | None = None, requests_per_text: int = 1
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """``n`` documents (default 2,000 train / 1,000 test) of 150–600 tokens, each stating its intent in
+    ``requests_per_text`` utterances: texts, label ids, class names."""
     requests, labels, filler = _sources(split)
+    same_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        same_label.setdefault(label, []).append(i)
     classes = sorted(set(_read("banking77", "train")["label"]))
     index = {c: i for i, c in enumerate(classes)}
     filler_tokens = _token_counts(tuple(filler))
@@ -80,8 +88,12 @@ def long_text_set(split: str = "train", seed: int = 0, n: int | None = None) -> 
     texts, y = [], []
     for r in picks:
         target = int(rng.integers(MIN_TOKENS, MAX_TOKENS + 1)) - 2  # less [CLS] and [SEP]
+        stated = [int(r)]
+        if requests_per_text > 1:  # (the default draws nothing more: the one-request set stays as it was)
+            pool = [i for i in same_label[labels[r]] if i != r]
+            stated += [int(i) for i in rng.choice(pool, size=min(requests_per_text - 1, len(pool)), replace=False)]
         before: list[str] = []
-        total = int(request_tokens[r])
+        total = int(request_tokens[stated].sum())
         while total < target:
             f = int(rng.integers(len(filler)))
             before.append(filler[f])
@@ -90,7 +102,7 @@ def long_text_set(split: str = "train", seed: int = 0, n: int | None = None) -> 
         if rng.random() < MIDDLE_SHARE and len(before) > 2:
             cut = int(rng.integers(len(before) // 3, 2 * len(before) // 3 + 1))
             before, after = before[:cut], before[cut:]
-        texts.append("\n".join([*before, requests[r], *after]))
+        texts.append("\n".join([*before, *(requests[i] for i in stated), *after]))
         y.append(index[labels[r]])
     return texts, np.array(y, dtype=np.int64), classes
 

@@ -156,15 +156,18 @@ def main() -> None:
     parser.add_argument("--ft-batch", type=int, default=32)
     parser.add_argument("--sets", default="long_text,banking77", help="which sets to compare")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    parser.add_argument(
+        "--requests-per-text", type=int, default=1, help="long texts: utterances stating the intent (a ticket: 3)"
+    )
     args = parser.parse_args()
 
     import torch
 
     figures: dict[str, Any] = {"date": date.today().isoformat(), "torch_threads": torch.get_num_threads()}
     sets = args.sets.split(",")
-    long_train = long_text_set("train", args.seed, n=args.train)
+    long_train = long_text_set("train", args.seed, n=args.train, requests_per_text=args.requests_per_text)
     if "long_text" in sets:
-        long_test = long_text_set("test", args.seed, n=args.test)
+        long_test = long_text_set("test", args.seed, n=args.test, requests_per_text=args.requests_per_text)
         figures["long_text"] = compare("long-text", long_train, long_test, args)
     if "banking77" in sets:
         figures["banking77"] = compare(
