@@ -1,8 +1,9 @@
 """What the label-quality pass reads: one (tenant, task)'s labeled predictions outside the evaluation holdout, with
 their feedback, the newest unlabeled predictions, the task's other tenants' labels (the pool), and embeddings.
 
-The holdout (``bucket < holdout_percent``) is never read here, so it is never scored, filtered or relabeled. Each
-loader opens its own short session: progress updates never wait on a long transaction (SQLite).
+The holdout (``bucket < holdout_percent``) is read only on request (``load_labeled_set(..., holdout=True)``), as a
+set of its own: the pass's holdout stage scores it apart from every other label and never filters or relabels it.
+Each loader opens its own short session: progress updates never wait on a long transaction (SQLite).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.domain.effective import Vote
 from flywheel.domain.embeddings import get_embeddings
-from flywheel.domain.holdout import outside_holdout
+from flywheel.domain.holdout import in_holdout, outside_holdout
 from flywheel.models.records import Feedback, Prediction, Task
 
 #: Rungs whose logged probabilities may serve as a second out-of-sample source (zero-shot ones are too weak).
@@ -77,7 +78,8 @@ class LabeledSet:
     """Everything one pass scores for one (tenant, task).
 
     ``production_models``: version → creation time of our own served models (``PRODUCTION_RUNGS``) that logged
-    probabilities for some of ``items``.
+    probabilities for some of ``items``. ``holdout``: the items are the evaluation holdout's (and ``unlabeled`` is
+    empty).
     """
 
     tenant_id: int
@@ -86,6 +88,7 @@ class LabeledSet:
     items: list[LabeledItem]
     unlabeled: list[UnlabeledItem]
     production_models: dict[str, datetime]
+    holdout: bool = False
 
     @property
     def index(self) -> dict[str, int]:
@@ -133,27 +136,33 @@ def probability_matrix(rows: Sequence[dict[str, float] | None], labels: list[str
     return out
 
 
-def load_labeled_set(db: Database, settings: Settings, tenant_id: int, task_id: int) -> LabeledSet:
+def load_labeled_set(
+    db: Database, settings: Settings, tenant_id: int, task_id: int, *, holdout: bool = False
+) -> LabeledSet:
     """The labeled predictions outside the holdout (effective label one of the task's), their feedback, the newest
-    ``review_unlabeled_cap`` unlabeled predictions, and the production models that logged probabilities."""
+    ``review_unlabeled_cap`` unlabeled predictions, and the production models that logged probabilities.
+
+    ``holdout``: the holdout's labeled predictions instead, with no unlabeled ones (what the holdout stage scores)."""
     with db.session() as session:
         task = session.get(Task, task_id)
         assert task is not None
-        items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels))
+        items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels), holdout=holdout)
         _attach_votes(session, items)
         return LabeledSet(
             tenant_id=tenant_id,
             task_id=task_id,
             labels=list(task.labels),
             items=items,
-            unlabeled=_unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
+            unlabeled=[] if holdout else _unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
             production_models=_production_models(session, items),
+            holdout=holdout,
         )
 
 
 def _labeled_items(
-    session: Session, settings: Settings, tenant_id: int, task_id: int, valid: set[str]
+    session: Session, settings: Settings, tenant_id: int, task_id: int, valid: set[str], *, holdout: bool = False
 ) -> list[LabeledItem]:
+    split = in_holdout(settings.holdout_percent) if holdout else outside_holdout(settings.holdout_percent)
     rows = session.execute(
         select(
             Prediction.id,
@@ -168,7 +177,7 @@ def _labeled_items(
             Prediction.task_id == task_id,
             Prediction.effective_label.is_not(None),
             Prediction.label_discarded.is_(False),
-            outside_holdout(settings.holdout_percent),
+            split,
         )
         .order_by(Prediction.id)
     ).all()

@@ -1,0 +1,111 @@
+"""The pass's holdout stage: the evaluation holdout's labels scored by models that never trained on them.
+
+The holdout decides every promotion and every SLA verdict, and its labels carry the same noise as the rest. They
+are scored here apart from everything else, with two signals only:
+
+- cross-validation within the holdout alone (``out_of_sample_probabilities`` on the holdout's own embeddings: its
+  folds hold holdout items only; no label from outside the holdout, nor the pool, ever joins them, so no model that
+  scores a holdout label was fit on anything but other holdout labels);
+- the probabilities our served models logged for them, where usable: a served model never trained on a holdout
+  item (training never reads the holdout), so these are out-of-sample by construction.
+
+The holdout's rows never join the main pass's cross-validation either (``load_labeled_set`` keeps the two sets
+apart). A flagged, unreviewed holdout label then counts at its label weight (the probability that it is right) in the
+gate's and the SLA's clean figures; it is never left out of anything, never relabeled, and never trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flywheel.feedback import cleanlab_adapter
+from flywheel.feedback.checks import label_weights, trusted_share
+from flywheel.feedback.labeled_set import LabeledSet
+from flywheel.feedback.oos import OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.pass_output import ResultRow
+
+
+@dataclass(frozen=True)
+class HoldoutVerdict:
+    """cleanlab's verdict on the holdout's ``N`` labels: ``probs`` ``(N, K)`` out-of-sample, ``sources`` ``(N,)``,
+    ``issues`` the raw verdict, ``is_issue`` ``(N,)`` less the reviewed labels, ``weights`` ``(N,)`` the probability
+    each label is right (1 where reviewed)."""
+
+    probs: np.ndarray
+    sources: np.ndarray
+    issues: cleanlab_adapter.LabelIssues
+    is_issue: np.ndarray
+    weights: np.ndarray
+
+
+def too_few_holdout(holdout: LabeledSet, min_labeled: int) -> str | None:
+    """Why the holdout is too small to score on its own (fewer than ``min_labeled`` labels, or one class), or None."""
+    n, classes = len(holdout.items), len(np.unique(holdout.label_ids()))
+    if n < min_labeled or classes < 2:
+        return f"{n} labeled holdout predictions ({classes} classes): too few to score the holdout"
+    return None
+
+
+def score_holdout(holdout: LabeledSet, embeddings: np.ndarray, *, folds: int) -> HoldoutVerdict:
+    """Out-of-sample probabilities of the holdout's labels (cross-validation within ``embeddings`` ``(N, D)``, the
+    holdout's alone, averaged with usable logged probabilities), then cleanlab's verdict and the label weights."""
+    if not holdout.holdout:
+        raise ValueError("score_holdout scores a holdout set (load_labeled_set(..., holdout=True))")
+    labels = holdout.label_ids()
+    oos = out_of_sample_probabilities(
+        embeddings,
+        labels,
+        len(holdout.labels),
+        production_probs=holdout.production_probs(),
+        production_usable=holdout.production_usable(),
+        config=OOSConfig(folds=folds),
+    )
+    issues = cleanlab_adapter.find_label_issues(labels=labels, pred_probs=oos.probs)
+    weights = label_weights(oos.probs, labels, float(issues.is_issue.mean()), trust=trusted_share(labels))
+    reviewed = np.array([it.reviewed for it in holdout.items], dtype=bool)
+    weights[reviewed] = 1.0
+    return HoldoutVerdict(oos.probs, oos.sources, issues, issues.is_issue & ~reviewed, weights)
+
+
+def holdout_rows(holdout: LabeledSet, verdict: HoldoutVerdict) -> list[ResultRow]:
+    """One ``holdout`` row per holdout label: the verdict and its weight; never an exclusion or a consensus."""
+    names = holdout.labels
+    labels = holdout.label_ids()
+    return [
+        ResultRow(
+            prediction_id=item.prediction_id,
+            kind="labeled",
+            given_label=names[int(labels[i])],
+            quality=float(verdict.issues.quality[i]),
+            is_issue=bool(verdict.is_issue[i]),
+            suggested_label=names[int(verdict.issues.suggested[i])],
+            oos_source=str(verdict.sources[i]),
+            consensus_label=None,
+            consensus_quality=None,
+            consensus_method=None,
+            consensus_votes=len(item.votes),
+            active_score=None,
+            exclude_reason=None,
+            train_weight=round(float(verdict.weights[i]), 6),
+            holdout=True,
+        )
+        for i, item in enumerate(holdout.items)
+    ]
+
+
+def holdout_summary(holdout: LabeledSet, verdict: HoldoutVerdict | None, skipped: str | None) -> dict[str, Any]:
+    """The holdout stage's part of the run's summary (``summary["holdout"]``)."""
+    if verdict is None:
+        return {"n_labeled": len(holdout.items), "skipped": skipped}
+    flagged = verdict.is_issue
+    return {
+        "n_labeled": len(holdout.items),
+        "n_issues": int(flagged.sum()),
+        "issue_rate": round(float(flagged.mean()), 4),
+        "mean_weight_of_issues": round(float(verdict.weights[flagged].mean()), 4) if flagged.any() else None,
+        "oos_sources": {str(s): int(n) for s, n in zip(*np.unique(verdict.sources, return_counts=True), strict=True)},
+        "skipped": None,
+    }
