@@ -49,25 +49,45 @@ def too_few_holdout(holdout: LabeledSet, min_labeled: int) -> str | None:
     return None
 
 
-def score_holdout(holdout: LabeledSet, embeddings: np.ndarray, *, folds: int) -> HoldoutVerdict:
+def score_holdout(
+    holdout: LabeledSet, embeddings: np.ndarray, *, folds: int, noise_rate: float, trust: float
+) -> HoldoutVerdict:
     """Out-of-sample probabilities of the holdout's labels (cross-validation within ``embeddings`` ``(N, D)``, the
-    holdout's alone, averaged with usable logged probabilities), then cleanlab's verdict and the label weights."""
+    holdout's alone, averaged with usable logged probabilities), then cleanlab's verdict and the label weights.
+
+    A holdout holds few labels per class, so cross-validation within it is weak evidence: the logged probabilities
+    (a served model that learned from every label outside the holdout) get the larger share of the average the fewer
+    labels per class the holdout has (``production_weight`` from 0.5 at ``FULL_TRUST_PER_CLASS`` to 1). Weights are
+    the main pass's rule (``label_weights``) with its ``noise_rate`` and ``trust`` (``trusted_share``) where logged
+    probabilities scored the label, as they come from a model trained on those same labels; where cross-validation
+    alone scored it, with the holdout's own trust, and full weight for a class with too few holdout labels. A label
+    is flagged where cleanlab flags it and its weight says it is more likely wrong than right (below 0.5): on a small
+    holdout cleanlab's per-class thresholds flag many labels that no evidence doubts.
+    """
     if not holdout.holdout:
         raise ValueError("score_holdout scores a holdout set (load_labeled_set(..., holdout=True))")
     labels = holdout.label_ids()
+    share = trusted_share(labels)
+    logged, usable = holdout.production_probs(), holdout.production_usable()
     oos = out_of_sample_probabilities(
         embeddings,
         labels,
         len(holdout.labels),
-        production_probs=holdout.production_probs(),
-        production_usable=holdout.production_usable(),
-        config=OOSConfig(folds=folds),
+        production_probs=logged,
+        production_usable=usable,
+        config=OOSConfig(folds=folds, production_weight=1.0 - 0.5 * share),
     )
     issues = cleanlab_adapter.find_label_issues(labels=labels, pred_probs=oos.probs)
-    weights = label_weights(oos.probs, labels, float(issues.is_issue.mean()), trust=trusted_share(labels))
+    by_logged = usable & (logged.sum(axis=1) > 0)
+    weights = np.where(
+        by_logged,
+        label_weights(oos.probs, labels, noise_rate, trust=trust, min_class_labels=0),
+        label_weights(oos.probs, labels, noise_rate, trust=share),
+    )
     reviewed = np.array([it.reviewed for it in holdout.items], dtype=bool)
     weights[reviewed] = 1.0
-    return HoldoutVerdict(oos.probs, oos.sources, issues, issues.is_issue & ~reviewed, weights)
+    is_issue = issues.is_issue & (weights < 0.5) & ~reviewed
+    return HoldoutVerdict(oos.probs, oos.sources, issues, is_issue, weights)
 
 
 def holdout_rows(holdout: LabeledSet, verdict: HoldoutVerdict) -> list[ResultRow]:

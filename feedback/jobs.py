@@ -43,7 +43,7 @@ from flywheel.feedback.annotators import SourceStat, build_consensus, rate_sourc
 from flywheel.feedback.holdout import holdout_rows, holdout_summary, score_holdout, too_few_holdout
 from flywheel.feedback.labeled_set import LabeledSet, embed_texts, load_labeled_set, load_pool
 from flywheel.feedback.pass_output import ResultRow, labeled_rows, pass_summary, unlabeled_rows
-from flywheel.feedback.scoring import active_learning_scores, label_verdict, out_of_sample_scores
+from flywheel.feedback.scoring import LabelVerdict, active_learning_scores, label_verdict, out_of_sample_scores
 from flywheel.models.label_quality import LabelQualityResult, LabelQualityRun, LabelSourceStat
 from flywheel.models.records import Prediction, Task, Tenant
 
@@ -160,7 +160,7 @@ def _run(
 
     with _timed(timings, "holdout"):
         report(0.85, "scoring the holdout's labels")
-        held, held_summary = _holdout_stage(db, settings, labeled, encoder)
+        held, held_summary = _holdout_stage(db, settings, labeled, encoder, verdict)
     report(0.9, "writing results")
 
     rows = labeled_rows(labeled, scores, consensus, verdict, sources, active)
@@ -182,16 +182,18 @@ def _run(
 
 
 def _holdout_stage(
-    db: Database, settings: Settings, labeled: LabeledSet, encoder: Any
+    db: Database, settings: Settings, labeled: LabeledSet, encoder: Any, main: LabelVerdict
 ) -> tuple[list[ResultRow], dict[str, Any]]:
-    """The holdout's labels of the same (tenant, task), scored on their own (``flywheel.feedback.holdout``):
-    its result rows and its part of the summary (nothing scored, with the reason, when it is too small)."""
+    """The holdout's labels of the same (tenant, task), scored on their own (``flywheel.feedback.holdout``) with
+    the noise rate and trust the main pass (``main``) measured on the many more labels outside it: its result rows
+    and its part of the summary (nothing scored, with the reason, when it is too small)."""
     holdout = load_labeled_set(db, settings, labeled.tenant_id, labeled.task_id, holdout=True)
     skipped = too_few_holdout(holdout, settings.label_quality_min_labeled)
     if skipped is not None:
         return [], holdout_summary(holdout, None, skipped)
     x = embed_texts(db, [it.text for it in holdout.items], encoder, lambda done: None)
-    verdict = score_holdout(holdout, x, folds=settings.cv_folds)
+    noise_rate = float(main.issues.is_issue.mean())
+    verdict = score_holdout(holdout, x, folds=settings.cv_folds, noise_rate=noise_rate, trust=main.trusted_share)
     return holdout_rows(holdout, verdict), holdout_summary(holdout, verdict, None)
 
 
