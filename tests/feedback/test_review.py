@@ -166,14 +166,15 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
         run = session.get(LabelQualityRun, result.run_id)
         assert run is not None and run.status == "succeeded" and run.progress == 1.0
         assert run.summary["consensus"]["method"] == "crowdlab"
-        rows = {
-            p.client_id: r
-            for r, p in session.execute(
-                select(LabelQualityResult, Prediction).join(Prediction).where(LabelQualityResult.kind == "labeled")
-            ).tuples()
-        }
-        # the holdout is never scored, so never filtered or relabeled
-        assert not set(rows) & plan.holdout
+        labeled = session.execute(
+            select(LabelQualityResult, Prediction).join(Prediction).where(LabelQualityResult.kind == "labeled")
+        ).tuples()
+        rows, held = {}, {}
+        for r, p in labeled:
+            (held if r.holdout else rows)[p.client_id] = r
+        # the holdout is scored apart (its own rows), never with the rest, never excluded or given a consensus
+        assert not set(rows) & plan.holdout and set(held) == plan.holdout - set(plan.unlabeled)
+        assert all(r.exclude_reason is None and r.consensus_label is None for r in held.values())
         troll_outside = plan.troll - plan.holdout
         flagged = {cid for cid, r in rows.items() if r.is_issue}
         assert len(flagged & troll_outside) >= 0.9 * len(troll_outside)
@@ -195,7 +196,7 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
         assert (sources[0]["source"], sources[0]["source_id"]) == ("end_user", "troll")
         assert sources[0]["excluded"] and sources[0]["issue_rate"] > 0.8
         assert all(not s["excluded"] for s in sources[1:])
-        assert flagged_client_ids(session, "intent") == flagged
+        assert flagged_client_ids(session, "intent") == flagged | {cid for cid, r in held.items() if r.is_issue}
     assert _pid(db, plan.target).effective_label == plan.truth[plan.target]
     holdout_troll_row = _pid(db, holdout_troll)
     assert holdout_troll_row.effective_label != plan.truth[holdout_troll]  # untouched: still the rule's label
