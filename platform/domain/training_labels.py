@@ -113,4 +113,4 @@ def holdout_weights(session: Session, tenant_id: int, task_id: int) -> dict[int,
             flagged_weight(),
         )
     )
-    return {pid: float(w) for pid, w in rows}
+    return {pid: float(w) for pid, w in rows if w is not None}
