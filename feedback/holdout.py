@@ -61,8 +61,8 @@ def score_holdout(
     the main pass's rule (``label_weights``) with its ``noise_rate`` and ``trust`` (``trusted_share``) where logged
     probabilities scored the label, as they come from a model trained on those same labels; where cross-validation
     alone scored it, with the holdout's own trust, and full weight for a class with too few holdout labels. A label
-    is flagged where cleanlab flags it and its weight says it is more likely wrong than right (below 0.5): on a small
-    holdout cleanlab's per-class thresholds flag many labels that no evidence doubts.
+    is flagged where cleanlab flags it and its weight is below 1: on a small holdout cleanlab's per-class thresholds
+    flag many labels of classes the holdout holds too few of to judge, which no evidence doubts (their weight is 1).
     """
     if not holdout.holdout:
         raise ValueError("score_holdout scores a holdout set (load_labeled_set(..., holdout=True))")
@@ -86,7 +86,7 @@ def score_holdout(
     )
     reviewed = np.array([it.reviewed for it in holdout.items], dtype=bool)
     weights[reviewed] = 1.0
-    is_issue = issues.is_issue & (weights < 0.5) & ~reviewed
+    is_issue = issues.is_issue & (weights < 1.0) & ~reviewed
     return HoldoutVerdict(oos.probs, oos.sources, issues, is_issue, weights)
 
 
