@@ -319,3 +319,33 @@ def test_the_pass_run_records_its_holdout_stage(world: World, settings: Settings
         assert run.n_labeled == sum(1 for r in rows.values() if not r.holdout)
         assert run.n_issues == sum(r.is_issue for r in rows.values() if not r.holdout)
     assert np.isclose(held["issue_rate"], held["n_issues"] / held["n_labeled"], atol=1e-4)
+
+
+def test_a_tenant_sees_only_its_own_holdout_weights_in_a_runs_lineage(world: World, db: Database, client) -> None:
+    from flywheel.models.training import TrainingRun
+    from flywheel.retrain.dataset import LabeledSet, TrainingData
+
+    holdout = LabeledSet()
+    holdout.add(11, "a", LABELS[0], "acme", "h11", 0.2)
+    holdout.add(12, "b", LABELS[1], "acme", "h12")
+    holdout.add(21, "c", LABELS[0], "globex", "h21", 0.4)
+    data = TrainingData(task_id=1, tenant_id=None, labels=LABELS, train=LabeledSet(), holdout=holdout, excluded=0)
+    lineage = data.lineage()
+    assert lineage["holdout_weights"] == {
+        "n_weighted": 2,
+        "weight_sum": 1.6,
+        "tenants": {
+            "acme": {"n": 2, "n_weighted": 1, "weights": {"11": 0.2}},
+            "globex": {"n": 1, "n_weighted": 1, "weights": {"21": 0.4}},
+        },
+    }
+    with db.session() as session:
+        task_id = session.scalar(select(Task.id).where(Task.name == "intent"))
+        run = TrainingRun(task_id=task_id, status="rejected", trigger="nightly", lineage=lineage, reasons=[])
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    admin = client.get(f"/v1/training-runs/{run_id}", headers=world.auth(world.admin)).get_json()
+    assert set(admin["lineage"]["holdout_weights"]["tenants"]) == {"acme", "globex"}
+    acme = client.get(f"/v1/training-runs/{run_id}", headers=world.auth(world.acme_read)).get_json()
+    assert acme["lineage"]["holdout_weights"]["tenants"] == {"acme": {"n": 2, "n_weighted": 1, "weights": {"11": 0.2}}}
