@@ -284,7 +284,10 @@ def test_review_queue_and_decisions_over_http(world: World, plan: Plan, settings
     assert r.status_code == 200, r.json
     items = r.json["items"]
     assert len(items) == 10
-    assert [i["quality"] for i in items] == sorted(i["quality"] for i in items)
+    # the holdout's flagged label first (it judges every promotion), then the others by label quality
+    held = [i for i in items if "holdout" in i["reason"]]
+    assert [i["prediction_id"] for i in held] == [next(iter(plan.troll & plan.holdout))] and items[0] == held[0]
+    assert [i["quality"] for i in items[1:]] == sorted(i["quality"] for i in items[1:])
     assert all(i["prediction_id"] in plan.troll for i in items)
     first = items[0]
     assert first["suggested_label"] == plan.truth[first["prediction_id"]]
