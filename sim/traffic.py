@@ -130,8 +130,8 @@ def _plan_feedback(
 ) -> list[FeedbackPlan]:
     """Feedback on ``cfg.feedback_rate`` of the items with a known label, 0 to ``max_feedback_delay`` days late
     (none after the last day); ``cfg.noise`` of it wrong (``cfg.holdout_noise`` on the platform's holdout items),
-    ``careless_share`` of the wrong labels from one source. The draws are the same whatever the rates, so the
-    items, days and sources do not change with them."""
+    ``careless_share`` of the wrong labels from one source. With ``holdout_noise`` equal to ``noise`` (the default)
+    the plan is the one the seed always gave."""
     rates = noise_rates(cfg.noise, cfg.careless_share)
     holdout_noise = cfg.noise if cfg.holdout_noise is None else cfg.holdout_noise
     held_rates = noise_rates(holdout_noise, cfg.careless_share)
