@@ -6,8 +6,9 @@ are scored here apart from everything else, with two signals only:
 - cross-validation within the holdout alone (``out_of_sample_probabilities`` on the holdout's own embeddings: its
   folds hold holdout items only; no label from outside the holdout, nor the pool, ever joins them, so no model that
   scores a holdout label was fit on anything but other holdout labels);
-- the probabilities our served models logged for them, where usable: a served model never trained on a holdout
-  item (training never reads the holdout), so these are out-of-sample by construction.
+- the probabilities our served models logged for them: a served model never trained on a holdout item (training
+  never reads the holdout), so these are out-of-sample by construction, whenever the model was created (besides
+  whatever ``production_usable`` accepts).
 
 The holdout's rows never join the main pass's cross-validation either (``load_labeled_set`` keeps the two sets
 apart). A flagged, unreviewed holdout label then counts at its label weight (the probability that it is right) in the
@@ -68,7 +69,7 @@ def score_holdout(
         raise ValueError("score_holdout scores a holdout set (load_labeled_set(..., holdout=True))")
     labels = holdout.label_ids()
     share = trusted_share(labels)
-    logged, usable = holdout.production_probs(), holdout.production_usable()
+    logged, usable = holdout.production_probs(), holdout.production_usable() | _ours(holdout)
     oos = out_of_sample_probabilities(
         embeddings,
         labels,
@@ -88,6 +89,13 @@ def score_holdout(
     weights[reviewed] = 1.0
     is_issue = issues.is_issue & (weights < 1.0) & ~reviewed
     return HoldoutVerdict(oos.probs, oos.sources, issues, is_issue, weights)
+
+
+def _ours(holdout: LabeledSet) -> np.ndarray:
+    """``(N,)`` bool: logged by one of our own served models (``production_models``), whenever it was created: no
+    model of ours ever trains on a holdout item, so for the holdout the creation-time test ``production_usable``
+    applies to other labels is not needed (and a clock that stamps models apart from predictions cannot fool it)."""
+    return np.array([it.model_version in holdout.production_models for it in holdout.items], dtype=bool)
 
 
 def holdout_rows(holdout: LabeledSet, verdict: HoldoutVerdict) -> list[ResultRow]:

@@ -349,3 +349,16 @@ def test_a_tenant_sees_only_its_own_holdout_weights_in_a_runs_lineage(world: Wor
     assert set(admin["lineage"]["holdout_weights"]["tenants"]) == {"acme", "globex"}
     acme = client.get(f"/v1/training-runs/{run_id}", headers=world.auth(world.acme_read)).get_json()
     assert acme["lineage"]["holdout_weights"]["tenants"] == {"acme": {"n": 2, "n_weighted": 1, "weights": {"11": 0.2}}}
+
+
+def test_our_models_logged_probabilities_score_the_holdout_whenever_they_were_created(
+    world: World, settings: Settings, db: Database, noisy: Population
+) -> None:
+    """A model created after the predictions may have trained on those outside the holdout, never on the holdout's:
+    its logged probabilities score the holdout's labels only."""
+    with db.session() as session:
+        session.execute(ModelVersion.__table__.update().values(created_at=T0 + timedelta(days=1)))  # type: ignore[attr-defined]
+    run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=noisy.encoder)
+    rows = _results(db)
+    assert {r.oos_source for r in rows.values() if r.holdout} == {"cv+production"}
+    assert {r.oos_source for r in rows.values() if not r.holdout} == {"cv"}
