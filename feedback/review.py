@@ -190,7 +190,7 @@ def _issue_reason(r: LabelQualityResult) -> str:
     if r.is_issue and r.holdout:
         return (
             f"likely label error in the holdout: the model says '{r.suggested_label}' (label quality {r.quality:.3f});"
-            f" it judges every promotion and SLA, and counts at weight {r.train_weight:.2f} until reviewed"
+            f" it judges every promotion and SLA, and counts at weight {_or_one(r.train_weight):.2f} until reviewed"
         )
     if r.is_issue:
         reason = f"likely label error: the model says '{r.suggested_label}' (label quality {r.quality:.3f})"
