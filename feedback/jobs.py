@@ -2,8 +2,8 @@
 
 ``_run`` reads as its stages, each reported through ``progress(fraction, message)`` and on the run's status row:
 
-1. load the labeled predictions outside the evaluation holdout (the holdout is never scored, filtered or
-   relabeled here), their feedback, and the newest unlabeled predictions (``labeled_set``);
+1. load the labeled predictions outside the evaluation holdout, their feedback, and the newest unlabeled
+   predictions (``labeled_set``);
 2. embeddings through the cache (``flywheel.domain.embeddings``), at the embedding window chosen from the labeled
    texts' lengths (``flywheel.domain.windows``; longer texts chunked and pooled), recorded in the summary;
 3. out-of-sample probabilities (K-fold CV on the embeddings, the task's other tenants' labels as extra training
@@ -13,8 +13,12 @@
 4. cleanlab's label issues on the consensus labels (all go to review; training leaves out the share the evidence
    supports, ``flywheel.feedback.checks.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
    predictions;
-5. one transaction replaces the (tenant, task)'s results (``pass_output``), records source stats, re-derives
-   effective labels and closes the run row.
+5. the holdout stage: the holdout's labels, loaded as a set of their own, scored by cross-validation within the
+   holdout alone and our served models' logged probabilities (``holdout``: never by a model that trained on them,
+   never together with the labels above); flagged ones go first to review and weigh the gate's and SLAs' figures,
+   none is ever filtered or relabeled. A holdout too small to score is skipped, with the reason in the summary;
+6. one transaction replaces the (tenant, task)'s results (``pass_output``), records source stats, re-derives
+   effective labels (never a holdout label's) and closes the run row.
 
 Sessions are kept short and never nested, so progress updates never wait on a long transaction (SQLite).
 """
@@ -37,9 +41,10 @@ from flywheel.core.db import Database, utcnow
 from flywheel.core.errors import NotFound
 from flywheel.domain.effective import apply_rule
 from flywheel.feedback.annotators import SourceStat, build_consensus, rate_sources
+from flywheel.feedback.holdout import holdout_rows, holdout_summary, score_holdout, too_few_holdout
 from flywheel.feedback.labeled_set import LabeledSet, embed_texts, load_labeled_set, load_pool
 from flywheel.feedback.pass_output import ResultRow, labeled_rows, pass_summary, unlabeled_rows
-from flywheel.feedback.scoring import active_learning_scores, label_verdict, out_of_sample_scores
+from flywheel.feedback.scoring import LabelVerdict, active_learning_scores, label_verdict, out_of_sample_scores
 from flywheel.models.label_quality import LabelQualityResult, LabelQualityRun, LabelSourceStat
 from flywheel.models.records import Prediction, Task, Tenant
 
@@ -70,7 +75,8 @@ class PassOutput:
 
     @property
     def labeled_ids(self) -> list[int]:
-        return [r.prediction_id for r in self.rows if r.kind == "labeled"]
+        """The labels outside the holdout the pass scored (the holdout's are never relabeled)."""
+        return [r.prediction_id for r in self.rows if r.kind == "labeled" and not r.holdout]
 
 
 @dataclass(frozen=True)
@@ -152,10 +158,15 @@ def _run(
     sources = rate_sources(labeled.items, verdict.trusted_labels(labeled.labels), consensus.annotator_quality, settings)
     with _timed(timings, "active_learning"):
         active = active_learning_scores(labeled, scores.probs)
+
+    with _timed(timings, "holdout"):
+        report(0.85, "scoring the holdout's labels")
+        held, held_summary = _holdout_stage(db, settings, labeled, encoder, verdict)
     report(0.9, "writing results")
 
     rows = labeled_rows(labeled, scores, consensus, verdict, sources, active)
     rows += unlabeled_rows(labeled.unlabeled, active)
+    rows += held
     summary = pass_summary(
         labeled,
         scores,
@@ -168,7 +179,24 @@ def _run(
         encoder_id=getattr(encoder, "id", None),
         text_windows=windows,
     )
+    summary["holdout"] = held_summary
     return _finish(db, report, labeled, PassOutput(rows, sources), {**summary, "timings": timings})
+
+
+def _holdout_stage(
+    db: Database, settings: Settings, labeled: LabeledSet, encoder: Any, main: LabelVerdict
+) -> tuple[list[ResultRow], dict[str, Any]]:
+    """The holdout's labels of the same (tenant, task), scored on their own (``flywheel.feedback.holdout``) with
+    the noise rate and trust the main pass (``main``) measured on the many more labels outside it: its result rows
+    and its part of the summary (nothing scored, with the reason, when it is too small)."""
+    holdout = load_labeled_set(db, settings, labeled.tenant_id, labeled.task_id, holdout=True)
+    skipped = too_few_holdout(holdout, settings.label_quality_min_labeled)
+    if skipped is not None:
+        return [], holdout_summary(holdout, None, skipped)
+    x = embed_texts(db, [it.text for it in holdout.items], encoder, lambda done: None)
+    noise_rate = float(main.issues.is_issue.mean())
+    verdict = score_holdout(holdout, x, folds=settings.cv_folds, noise_rate=noise_rate, trust=main.trusted_share)
+    return holdout_rows(holdout, verdict), holdout_summary(holdout, verdict, None)
 
 
 def _too_few(labeled: LabeledSet, min_labeled: int) -> str | None:
@@ -234,7 +262,7 @@ def _finish(
 ) -> PassResult:
     """One transaction: store ``output`` (None: a pass that scored nothing, which leaves earlier results in place)
     and close the run row."""
-    rows = output.rows if output is not None else []
+    rows = [r for r in output.rows if not r.holdout] if output is not None else []  # the holdout's: summary only
     n_labeled = len(output.labeled_ids) if output is not None else 0
     n_issues = sum(1 for r in rows if r.is_issue)
     n_unlabeled = len(rows) - n_labeled

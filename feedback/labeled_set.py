@@ -1,8 +1,9 @@
 """What the label-quality pass reads: one (tenant, task)'s labeled predictions outside the evaluation holdout, with
 their feedback, the newest unlabeled predictions, the task's other tenants' labels (the pool), and embeddings.
 
-The holdout (``bucket < holdout_percent``) is never read here, so it is never scored, filtered or relabeled. Each
-loader opens its own short session: progress updates never wait on a long transaction (SQLite).
+The holdout (``bucket < holdout_percent``) is read only on request (``load_labeled_set(..., holdout=True)``), as a
+set of its own: the pass's holdout stage scores it apart from every other label and never filters or relabels it.
+Each loader opens its own short session: progress updates never wait on a long transaction (SQLite).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flywheel.core.config import Settings
 from flywheel.core.db import Database
 from flywheel.domain.effective import Vote
 from flywheel.domain.embeddings import get_embeddings
-from flywheel.domain.holdout import outside_holdout
+from flywheel.domain.holdout import in_holdout, outside_holdout
 from flywheel.domain.partitions import feedback_of
 from flywheel.models.records import Feedback, Prediction, Task
 
@@ -88,7 +89,8 @@ class LabeledSet:
 
     ``production_models``: version → creation time of our own served models (``PRODUCTION_RUNGS``) that logged
     probabilities for some of ``items``; ``own_models``: every version among them that our registry holds, of any
-    rung (the others are the customer's own models).
+    rung (the others are the customer's own models). ``holdout``: the items are the evaluation holdout's (and
+    ``unlabeled`` is empty).
     """
 
     tenant_id: int
@@ -98,6 +100,7 @@ class LabeledSet:
     unlabeled: list[UnlabeledItem]
     production_models: dict[str, datetime]
     own_models: frozenset[str] = frozenset()
+    holdout: bool = False
 
     @property
     def index(self) -> dict[str, int]:
@@ -172,13 +175,17 @@ def probability_matrix(rows: Sequence[dict[str, float] | None], labels: list[str
     return out
 
 
-def load_labeled_set(db: Database, settings: Settings, tenant_id: int, task_id: int) -> LabeledSet:
+def load_labeled_set(
+    db: Database, settings: Settings, tenant_id: int, task_id: int, *, holdout: bool = False
+) -> LabeledSet:
     """The labeled predictions outside the holdout (effective label one of the task's), their feedback, the newest
-    ``review_unlabeled_cap`` unlabeled predictions, and the production models that logged probabilities."""
+    ``review_unlabeled_cap`` unlabeled predictions, and the production models that logged probabilities.
+
+    ``holdout``: the holdout's labeled predictions instead, with no unlabeled ones (what the holdout stage scores)."""
     with db.session() as session:
         task = session.get(Task, task_id)
         assert task is not None
-        items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels))
+        items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels), holdout=holdout)
         _attach_votes(session, items)
         production, own = _registry_models(session, task_id, items)
         return LabeledSet(
@@ -186,15 +193,17 @@ def load_labeled_set(db: Database, settings: Settings, tenant_id: int, task_id: 
             task_id=task_id,
             labels=list(task.labels),
             items=items,
-            unlabeled=_unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
+            unlabeled=[] if holdout else _unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
             production_models=production,
             own_models=own,
+            holdout=holdout,
         )
 
 
 def _labeled_items(
-    session: Session, settings: Settings, tenant_id: int, task_id: int, valid: set[str]
+    session: Session, settings: Settings, tenant_id: int, task_id: int, valid: set[str], *, holdout: bool = False
 ) -> list[LabeledItem]:
+    split = in_holdout(settings.holdout_percent) if holdout else outside_holdout(settings.holdout_percent)
     rows = session.execute(
         select(
             Prediction.id,
@@ -210,7 +219,7 @@ def _labeled_items(
             Prediction.task_id == task_id,
             Prediction.effective_label.is_not(None),
             Prediction.label_discarded.is_(False),
-            outside_holdout(settings.holdout_percent),
+            split,
         )
         .order_by(Prediction.id)
     ).all()

@@ -1,7 +1,8 @@
 """What one label-quality pass writes: a result row per scored prediction and the run's summary.
 
 A labeled prediction's row carries cleanlab's verdict, its consensus and its training weight; an unlabeled one's
-its ActiveLab score. ``ResultRow``'s fields are ``LabelQualityResult``'s columns, less the run and scope ids.
+its ActiveLab score; a holdout label's (``holdout``) its verdict and the weight it counts at in the gate and SLAs.
+``ResultRow``'s fields are ``LabelQualityResult``'s columns, less the run and scope ids.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ResultRow:
     active_score: float | None
     exclude_reason: str | None
     train_weight: float | None
+    holdout: bool = False  # a holdout label (the pass's holdout stage, ``flywheel.feedback.holdout``)
 
 
 def labeled_rows(

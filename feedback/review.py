@@ -1,6 +1,8 @@
 """The review queue (human in the loop) and reviewer decisions.
 
-- ``label_issue``: labeled predictions, likely label errors first (flagged, then lowest cleanlab label quality).
+- ``label_issue``: labeled predictions, likely label errors first: flagged holdout labels (they decide every
+  promotion and SLA verdict), then the other flagged labels, then the rest, each group by lowest cleanlab label
+  quality.
 - ``uncertain``: unlabeled predictions whose label would teach the model most (ActiveLab scores from the latest pass;
   before any pass, the smallest margin between the two most probable labels the model logged).
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.errors import Unprocessable
@@ -71,28 +73,32 @@ def _feedback_of(session: Session, preds: Sequence[Prediction]) -> dict[int, lis
     return out
 
 
+#: The queue's groups, first to last: ``group`` of a label_issue row (an unlabeled one is always ``UNFLAGGED``).
+FLAGGED_HOLDOUT, FLAGGED, UNFLAGGED = 2, 1, 0
+
+
 @dataclass(frozen=True)
 class QueuePosition:
-    """Where a page of the queue ended: the last item's sort key (flagged first, then ``score`` ascending: label
-    quality or ActiveLab score) and its prediction id. Its cursor carries the score's exact bits, so no rounding can
-    skip or repeat an item across pages."""
+    """Where a page of the queue ended: the last item's sort key (``group`` descending: flagged holdout labels, other
+    flagged labels, the rest; then ``score`` ascending: label quality or ActiveLab score) and its prediction id. Its
+    cursor carries the score's exact bits, so no rounding can skip or repeat an item across pages."""
 
-    flagged: bool
+    group: int
     score: float
     prediction_id: int
 
     def cursor(self) -> str:
-        return f"{int(self.flagged)}_{struct.pack('>d', self.score).hex()}_{self.prediction_id}"
+        return f"{self.group}_{struct.pack('>d', self.score).hex()}_{self.prediction_id}"
 
     @classmethod
     def parse(cls, cursor: str) -> QueuePosition:
         if not re.fullmatch(REVIEW_CURSOR_PATTERN, cursor):
             raise Unprocessable("invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": "not a review cursor"}])
-        flagged, bits, pid = cursor.split("_")
+        group, bits, pid = cursor.split("_")
         score = struct.unpack(">d", bytes.fromhex(bits))[0]
         # Beyond every score or row id: the same position as the largest one a database holds (nothing after).
         score = math.inf if math.isnan(score) else score
-        return cls(flagged == "1", score, min(int(pid), MAX_ROW_ID))
+        return cls(int(group), score, min(int(pid), MAX_ROW_ID))
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,23 @@ def review_page(
     return _uncertain(session, tenant_id, task_id, limit, after)
 
 
-def _after(flagged: Any, score: Any, pid: Any, after: QueuePosition | None) -> list[Any]:
-    """The keyset condition: rows sorting after ``after`` (flagged ones first, then by score, then by id)."""
+def _after(group: Any, score: Any, pid: Any, after: QueuePosition | None) -> list[Any]:
+    """The keyset condition: rows sorting after ``after`` (a later group, or the same group by score, then id)."""
     if after is None:
         return []
-    same_group = (flagged == after.flagged) & (
+    same_group = (group == after.group) & (
         (score > after.score) | ((score == after.score) & (pid > after.prediction_id))
     )
-    return [or_(same_group, flagged.is_(False)) if after.flagged else same_group]
+    return [or_(same_group, group < after.group)]
+
+
+def _group() -> Any:
+    """The label_issue group of a result row: ``FLAGGED_HOLDOUT``, ``FLAGGED`` or ``UNFLAGGED``."""
+    return case(
+        (LabelQualityResult.is_issue.is_(True) & LabelQualityResult.holdout.is_(True), FLAGGED_HOLDOUT),
+        (LabelQualityResult.is_issue.is_(True), FLAGGED),
+        else_=UNFLAGGED,
+    )
 
 
 def _next(rows: Sequence[Any], limit: int, key: Callable[[Any], QueuePosition]) -> str | None:
@@ -136,6 +151,7 @@ def _label_issues(
     session: Session, tenant_id: int, task_id: int, limit: int, after: QueuePosition | None
 ) -> ReviewPage:
     quality = func.coalesce(LabelQualityResult.quality, 1.0)  # unscored last, on every database
+    group = _group()
     rows = session.execute(
         select(Prediction, LabelQualityResult)
         .join(LabelQualityResult, LabelQualityResult.prediction_id == Prediction.id)
@@ -147,32 +163,46 @@ def _label_issues(
             *same_scope(tenant_id, task_id),
             Prediction.label_discarded.is_(False),
             ~reviewed(),
-            *_after(LabelQualityResult.is_issue, quality, Prediction.id, after),
+            *_after(group, quality, Prediction.id, after),
         )
-        .order_by(LabelQualityResult.is_issue.desc(), quality.asc(), Prediction.id)
+        .order_by(group.desc(), quality.asc(), Prediction.id)
         .limit(limit + 1)
     ).all()
     if not rows and after is None and not _has_results(session, tenant_id, task_id):
         return ReviewPage(_disagreements(session, tenant_id, task_id, limit), None)
-    next_cursor = _next(
-        rows, limit, lambda row: QueuePosition(bool(row[1].is_issue), _or_one(row[1].quality), row[0].id)
-    )
+    next_cursor = _next(rows, limit, lambda row: QueuePosition(_group_of(row[1]), _or_one(row[1].quality), row[0].id))
     rows = rows[:limit]
     fb = _feedback_of(session, [p for p, _ in rows])
     out = []
     for p, r in rows:
-        if r.is_issue:
-            reason = f"likely label error: the model says '{r.suggested_label}' (label quality {r.quality:.3f})"
-            # the pass leaves a flagged label out of training only where the evidence is strong enough
-            reason += "; left out of training" if r.exclude_reason == "label_issue" else "; still trains until reviewed"
-        else:
-            reason = f"low label quality ({r.quality:.3f}), not flagged"
+        reason = _issue_reason(r)
         out.append(
             ReviewEntry(
                 p.id, p.client_id, p.text, p.label, fb[p.id], p.effective_label, r.suggested_label, r.quality, reason
             )
         )
     return ReviewPage(out, next_cursor)
+
+
+def _group_of(r: LabelQualityResult) -> int:
+    return (FLAGGED_HOLDOUT if r.holdout else FLAGGED) if r.is_issue else UNFLAGGED
+
+
+def _issue_reason(r: LabelQualityResult) -> str:
+    """Why a label is in the queue: a flagged holdout label, a flagged training label, or a low-quality one."""
+    if r.is_issue and r.holdout:
+        return (
+            f"likely label error in the holdout: the model says '{r.suggested_label}' (label quality {r.quality:.3f});"
+            f" it judges every promotion and SLA, and counts at weight {_or_one(r.train_weight):.2f} until reviewed"
+        )
+    if r.is_issue:
+        reason = f"likely label error: the model says '{r.suggested_label}' (label quality {r.quality:.3f})"
+        # the pass leaves a flagged label out of training only where the evidence is strong enough
+        return reason + (
+            "; left out of training" if r.exclude_reason == "label_issue" else "; still trains until reviewed"
+        )
+    where = "holdout label" if r.holdout else "label"
+    return f"low {where} quality ({r.quality:.3f}), not flagged"
 
 
 def _or_one(score: float | None) -> float:
@@ -247,7 +277,7 @@ def _ranked(
                 LabelQualityResult.tenant_id == tenant_id,
                 LabelQualityResult.task_id == task_id,
                 LabelQualityResult.kind == "unlabeled",
-                *_after(LabelQualityResult.is_issue, score, LabelQualityResult.prediction_id, after),
+                *_after(literal(UNFLAGGED), score, LabelQualityResult.prediction_id, after),
             )
             .order_by(score.asc(), LabelQualityResult.prediction_id)
             .limit(step)
@@ -257,7 +287,7 @@ def _ranked(
         out += [(found[pid], active) for pid, active in batch if pid in found]
         if len(batch) < step:
             break
-        after = QueuePosition(False, _or_one(batch[-1][1]), batch[-1][0])
+        after = QueuePosition(UNFLAGGED, _or_one(batch[-1][1]), batch[-1][0])
     return out[: limit + 1]
 
 
@@ -271,7 +301,7 @@ def _uncertain(session: Session, tenant_id: int, task_id: int, limit: int, after
     )
     rows = _ranked(session, tenant_id, task_id, limit, after, unlabeled)
     if rows or after is not None:
-        next_cursor = _next(rows, limit, lambda row: QueuePosition(False, _or_one(row[1]), row[0].id))
+        next_cursor = _next(rows, limit, lambda row: QueuePosition(UNFLAGGED, _or_one(row[1]), row[0].id))
         entries = [
             ReviewEntry(
                 p.id,

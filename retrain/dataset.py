@@ -3,6 +3,8 @@
 The holdout of each (tenant, task) is the predictions with ``bucket < settings.holdout_percent`` (a stable hash of
 the client id, computed at ingest). It never trains and is never filtered by label quality: it is where the gate
 compares models, so the label-quality pass must not be able to make a model look better by removing its mistakes.
+With holdout hygiene, a holdout label the pass flagged (scored only by models that never trained on it) and no
+reviewer decided yet weighs the gate's figures at the probability that it is right; every other counts in full.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.encoder import load_encoder
 from flywheel.domain.holdout import is_holdout
-from flywheel.domain.training_labels import excluded_prediction_ids, rule_only, training_weights
+from flywheel.domain.training_labels import excluded_prediction_ids, holdout_weights, rule_only, training_weights
 from flywheel.domain.windows import TextWindows, text_windows
 from flywheel.models.label_quality import LabelingRule
 from flywheel.models.records import Prediction, Task, Tenant
@@ -81,7 +83,8 @@ class TrainingData:
     excluded: int  # training-pool rows removed by label quality (issues, discarded, excluded sources)
 
     def lineage(self) -> dict[str, Any]:
-        """What trained (and evaluated) a model: counts per tenant and content hashes of both splits."""
+        """What trained (and evaluated) a model: counts per tenant and content hashes of both splits, and the holdout
+        items the gate weighed below 1 (``holdout_weights``)."""
         return {
             "n_train": len(self.train),
             "n_holdout": len(self.holdout),
@@ -92,6 +95,23 @@ class TrainingData:
             "train_sha256": self.train.fingerprint(),
             "holdout_sha256": self.holdout.fingerprint(),
             "train_id_range": [min(self.train.ids), max(self.train.ids)] if self.train.ids else None,
+            "holdout_weights": self.holdout_weights(),
+        }
+
+    def holdout_weights(self) -> dict[str, Any]:
+        """The holdout items the gate weighs below 1, per tenant: ``{"n_weighted", "weight_sum", "tenants": {slug:
+        {"n", "n_weighted", "weights": {prediction id: weight}}}}`` (every other holdout item counts 1)."""
+        tenants: dict[str, dict[str, Any]] = {}
+        for pid, slug, w in zip(self.holdout.ids, self.holdout.tenants, self.holdout.weights, strict=True):
+            entry = tenants.setdefault(slug, {"n": 0, "n_weighted": 0, "weights": {}})
+            entry["n"] += 1
+            if w != 1.0:
+                entry["n_weighted"] += 1
+                entry["weights"][str(pid)] = round(w, 6)
+        return {
+            "n_weighted": sum(e["n_weighted"] for e in tenants.values()),
+            "weight_sum": round(sum(self.holdout.weights), 4),
+            "tenants": dict(sorted(tenants.items())),
         }
 
 
@@ -101,9 +121,12 @@ def label_verdicts(session: Session, tenant_id: int, task_id: int) -> tuple[set[
     return set(excluded_prediction_ids(session, tenant_id, task_id)), training_weights(session, tenant_id, task_id)
 
 
-def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int) -> TrainingData:
+def build_training_data(
+    session: Session, task: Task, tenant: Tenant | None, *, holdout_percent: int, holdout_hygiene: bool = False
+) -> TrainingData:
     """The training pool and the holdout of ``task``: one tenant's data for a variant; for the shared model, every
     tenant's that shares its labels (``share_labels``), so an opted-out tenant is in neither split nor the lineage.
+    ``holdout_hygiene``: each holdout row carries its weight for the gate (``holdout_weights``), else 1.
 
     Which labels came from rules alone is asked only of a task with labeling rules: the correlated test costs a
     hashed subplan per partition on PostgreSQL, which tasks without rules need not pay."""
@@ -135,6 +158,7 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
     rows = session.execute(stmt).all()
     valid = set(task.labels)
     verdicts: dict[int, tuple[set[int], dict[int, float]]] = {}
+    held: dict[int, dict[int, float]] = {}
     train, holdout = LabeledSet(), LabeledSet()
     excluded = 0
     for pid, text, label, bucket, chash, tid, slug, by_rules_alone in rows:
@@ -142,7 +166,9 @@ def build_training_data(session: Session, task: Task, tenant: Tenant | None, *, 
             continue
         if is_holdout(bucket, holdout_percent):
             if not by_rules_alone:  # the holdout measures against people's labels; a rule-only one is left out
-                holdout.add(pid, text, label, slug, chash)
+                if holdout_hygiene and tid not in held:
+                    held[tid] = holdout_weights(session, tid, task.id)
+                holdout.add(pid, text, label, slug, chash, held.get(tid, {}).get(pid, 1.0))
             continue
         if tid not in verdicts:
             verdicts[tid] = label_verdicts(session, tid, task.id)

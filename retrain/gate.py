@@ -15,6 +15,10 @@ interval says so, and the rules are stated in its terms:
   tenant tolerance (upper bound below ``-tenant_tolerance``);
 - an SLA refuses only when the candidate's own interval on that tenant lies wholly below the threshold and the
   champion meets it (a new breach the data proves, not one a noisy holdout suggests).
+
+Items may carry weights (holdout hygiene: a label the label-quality pass doubts counts at the probability that it is
+right): every metric is then the weighted one, and each bootstrap resample weighs an item by how often it was drawn
+times its weight. Without weights (or with every weight 1) the figures are exactly the unweighted ones.
 """
 
 from __future__ import annotations
@@ -49,15 +53,17 @@ class GatePolicy:
 
 @dataclass(frozen=True)
 class HoldoutItems:
-    """One model's answers on a holdout: the true label, its prediction and the tenant of each item."""
+    """One model's answers on a holdout: the true label, its prediction and the tenant of each item, and each
+    item's weight (None: every item counts 1)."""
 
     y_true: tuple[str, ...]
     y_pred: tuple[str, ...]
     tenants: tuple[str, ...]
     labels: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
 
     def same_items(self, other: HoldoutItems) -> bool:
-        return self.y_true == other.y_true and self.tenants == other.tenants
+        return self.y_true == other.y_true and self.tenants == other.tenants and self.weights == other.weights
 
 
 @dataclass(frozen=True)
@@ -125,22 +131,28 @@ class Decision:
         return "promoted" if self.promote else "rejected"
 
 
-def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> Metrics:
-    """Accuracy, macro F1 (over the labels present in ``y_true`` or ``y_pred``), per-label recall and precision."""
+def compute_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], weights: Sequence[float] | None = None
+) -> Metrics:
+    """Accuracy, macro F1 (over the labels present in ``y_true`` or ``y_pred``), per-label recall and precision;
+    weighted by ``weights`` (one per item) when given. ``n`` counts the items whatever their weights."""
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    if weights is not None and len(weights) != len(y_true):
+        raise ValueError(f"y_true has {len(y_true)} items but weights has {len(weights)}")
     n = len(y_true)
     out: Metrics = {"n": float(n)}
     if n == 0:
         return out
     t = np.asarray(y_true, dtype=object)
     p = np.asarray(y_pred, dtype=object)
-    out["accuracy"] = float(np.mean(t == p))
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    out["accuracy"] = float(np.mean(t == p)) if weights is None else float(w @ (t == p) / w.sum())
     f1s = []
     for label in labels:
-        tp = float(np.sum((t == label) & (p == label)))
-        support = float(np.sum(t == label))
-        predicted = float(np.sum(p == label))
+        tp = float(w @ ((t == label) & (p == label)))
+        support = float(w @ (t == label))
+        predicted = float(w @ (p == label))
         if support:
             out[f"recall:{label}"] = tp / support
         if predicted:
@@ -152,17 +164,27 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequen
 
 
 def evaluate_predictions(
-    y_true: Sequence[str], y_pred: Sequence[str], tenants: Sequence[str], labels: Sequence[str]
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    tenants: Sequence[str],
+    labels: Sequence[str],
+    weights: Sequence[float] | None = None,
 ) -> Evaluation:
-    """The evaluation of one model on a holdout whose rows belong to ``tenants`` (a slug per row)."""
-    overall = compute_metrics(y_true, y_pred, labels)
+    """The evaluation of one model on a holdout whose rows belong to ``tenants`` (a slug per row), each row
+    weighted by ``weights`` when given (None, or every weight 1: the unweighted evaluation)."""
+    w = None if weights is None or all(x == 1.0 for x in weights) else tuple(float(x) for x in weights)
+    overall = compute_metrics(y_true, y_pred, labels, w)
     t_arr = np.asarray(tenants, dtype=object)
     yt = np.asarray(y_true, dtype=object)
     yp = np.asarray(y_pred, dtype=object)
+    wa = None if w is None else np.asarray(w)
     per_tenant = {
-        slug: compute_metrics(list(yt[t_arr == slug]), list(yp[t_arr == slug]), labels) for slug in sorted(set(tenants))
+        slug: compute_metrics(
+            list(yt[t_arr == slug]), list(yp[t_arr == slug]), labels, None if wa is None else list(wa[t_arr == slug])
+        )
+        for slug in sorted(set(tenants))
     }
-    items = HoldoutItems(tuple(y_true), tuple(y_pred), tuple(tenants), tuple(labels))
+    items = HoldoutItems(tuple(y_true), tuple(y_pred), tuple(tenants), tuple(labels), w)
     return Evaluation(overall=overall, tenants=per_tenant, items=items)
 
 
@@ -175,12 +197,14 @@ def metric_value(metrics: Mapping[str, float], name: str) -> float | None:
 # --- the bootstrap ------------------------------------------------------------------------------------------------
 
 
-def _resample_weights(n: int, n_boot: int, seed: int) -> list[np.ndarray]:
-    """``n_boot`` resamples of ``n`` items with replacement, as (chunk, n) matrices of how often each item is drawn."""
+def _resample_weights(n: int, n_boot: int, seed: int, item: np.ndarray | None = None) -> list[np.ndarray]:
+    """``n_boot`` resamples of ``n`` items with replacement, as (chunk, n) matrices of how often each item is drawn,
+    times each item's weight ``item`` ``(n,)`` when given."""
     rng = np.random.default_rng(seed)
     uniform = np.full(n, 1.0 / n)
     sizes = [min(_CHUNK, n_boot - start) for start in range(0, n_boot, _CHUNK)]
-    return [rng.multinomial(n, uniform, size=size).astype(np.float64) for size in sizes]
+    draws = [rng.multinomial(n, uniform, size=size).astype(np.float64) for size in sizes]
+    return draws if item is None else [d * item[None, :] for d in draws]
 
 
 def _metric_under(
@@ -215,6 +239,16 @@ def _interval(samples: np.ndarray) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def _item_weights(n: int, weights: Sequence[float] | None) -> np.ndarray | None:
+    """``(n,)`` item weights, or None when there are none (or all are 1): the unweighted path, unchanged."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have one value per item ({n}), got {w.shape}")
+    return None if np.all(w == 1.0) else w
+
+
 def paired_difference(
     y_true: Sequence[str],
     candidate_pred: Sequence[str],
@@ -224,20 +258,23 @@ def paired_difference(
     metric: str = "accuracy",
     seed: int = 0,
     n_boot: int = N_BOOT,
+    weights: Sequence[float] | None = None,
 ) -> Paired | None:
     """Candidate minus champion on the same items, with a paired bootstrap 95% interval (items resampled with
-    replacement, both models' answers together); None when the metric is undefined on these items."""
+    replacement, both models' answers together); None when the metric is undefined on these items. ``weights``:
+    one per item, applied to the point estimate and to every resample."""
     n = len(y_true)
     if n == 0 or len(candidate_pred) != n or len(champion_pred) != n:
         return None
+    item = _item_weights(n, weights)
     t, a, b = (np.asarray(x, dtype=object) for x in (y_true, candidate_pred, champion_pred))
-    ones = np.ones((1, n))
+    ones = np.ones((1, n)) if item is None else item[None, :]
     point = _metric_under(ones, t, a, labels, metric) - _metric_under(ones, t, b, labels, metric)
     if np.isnan(point[0]):
         return None
     draws = [
         _metric_under(w, t, a, labels, metric) - _metric_under(w, t, b, labels, metric)
-        for w in _resample_weights(n, n_boot, seed)
+        for w in _resample_weights(n, n_boot, seed, item)
     ]
     ci = _interval(np.concatenate(draws))
     if ci is None:
@@ -253,13 +290,17 @@ def metric_interval(
     metric: str,
     seed: int = 0,
     n_boot: int = N_BOOT,
+    weights: Sequence[float] | None = None,
 ) -> tuple[float, float] | None:
-    """One model's metric on these items as a bootstrap 95% interval; None when it is undefined."""
+    """One model's metric on these items (weighted by ``weights``, one per item) as a bootstrap 95% interval; None
+    when it is undefined."""
     n = len(y_true)
     if n == 0:
         return None
     t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    draws = [_metric_under(w, t, p, labels, metric) for w in _resample_weights(n, n_boot, seed)]
+    draws = [
+        _metric_under(w, t, p, labels, metric) for w in _resample_weights(n, n_boot, seed, _item_weights(n, weights))
+    ]
     return _interval(np.concatenate(draws))
 
 
@@ -269,17 +310,27 @@ def compare(candidate: Evaluation, champion: Evaluation, policy: GatePolicy) -> 
     a, b = candidate.items, champion.items
     if a is None or b is None or not a.same_items(b):
         return None
-    metric, seed, n_boot = policy.metric, policy.seed, policy.n_boot
-    overall = paired_difference(a.y_true, a.y_pred, b.y_pred, a.labels, metric=metric, seed=seed, n_boot=n_boot)
+    metric, seed, n_boot, w = policy.metric, policy.seed, policy.n_boot, a.weights
+    overall = paired_difference(
+        a.y_true, a.y_pred, b.y_pred, a.labels, metric=metric, seed=seed, n_boot=n_boot, weights=w
+    )
     if overall is None:
         return None
     groups = np.asarray(a.tenants, dtype=object)
     t, pa, pb = (np.asarray(x, dtype=object) for x in (a.y_true, a.y_pred, b.y_pred))
+    wa = None if w is None else np.asarray(w)
     tenants = {}
     for slug in sorted(set(a.tenants)):
         mask = groups == slug
         p = paired_difference(
-            list(t[mask]), list(pa[mask]), list(pb[mask]), a.labels, metric=metric, seed=seed, n_boot=n_boot
+            list(t[mask]),
+            list(pa[mask]),
+            list(pb[mask]),
+            a.labels,
+            metric=metric,
+            seed=seed,
+            n_boot=n_boot,
+            weights=None if wa is None else list(wa[mask]),
         )
         if p is not None:
             tenants[slug] = p
@@ -385,10 +436,13 @@ def _new_sla_breaches(
     mask = np.asarray(items.tenants, dtype=object) == slug
     y_true = list(np.asarray(items.y_true, dtype=object)[mask])
     y_pred = list(np.asarray(items.y_pred, dtype=object)[mask])
+    weights = None if items.weights is None else list(np.asarray(items.weights)[mask])
     reasons = []
     for sla_metric, threshold in slas:
         sh = metric_value(champion.tenants.get(slug, {}), sla_metric)
-        ci = metric_interval(y_true, y_pred, items.labels, metric=sla_metric, seed=policy.seed, n_boot=policy.n_boot)
+        ci = metric_interval(
+            y_true, y_pred, items.labels, metric=sla_metric, seed=policy.seed, n_boot=policy.n_boot, weights=weights
+        )
         if ci is not None and ci[1] < threshold and (sh is None or sh >= threshold):
             value = metric_value(candidate.tenants.get(slug, {}), sla_metric) or 0.0
             reasons.append(

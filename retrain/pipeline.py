@@ -207,7 +207,13 @@ def load_inputs(db: Database, settings: Settings, run_id: int) -> RunInputs:
         run = session.get(TrainingRun, run_id)
         assert run is not None
         task = run.task
-        data = build_training_data(session, task, run.tenant, holdout_percent=settings.holdout_percent)
+        data = build_training_data(
+            session,
+            task,
+            run.tenant,
+            holdout_percent=settings.holdout_percent,
+            holdout_hygiene=settings.gate_holdout_hygiene,
+        )
         champion = champions.champion_for(session, task.id, run.tenant_id)
         lineage = data.lineage()
         if champion is not None and champion.tainted and champion.tenant_id == run.tenant_id:
@@ -371,7 +377,8 @@ def fine_tune_config(
 
 
 def evaluate_on_holdout(clf: Any, data: TrainingData) -> gate.Evaluation:
-    """A classifier's metrics on the holdout, overall and per tenant."""
+    """A classifier's metrics on the holdout, overall and per tenant, each item at its weight (holdout hygiene:
+    flagged, unreviewed labels below 1; every other item 1)."""
     import numpy as np
 
     holdout = data.holdout
@@ -380,7 +387,7 @@ def evaluate_on_holdout(clf: Any, data: TrainingData) -> gate.Evaluation:
     proba = clf.predict_proba(holdout.texts, batch_size=64)
     cols = list(clf.labels)
     pred = [cols[i] for i in np.asarray(proba).argmax(axis=1)]
-    return gate.evaluate_predictions(holdout.labels, pred, holdout.tenants, data.labels)
+    return gate.evaluate_predictions(holdout.labels, pred, holdout.tenants, data.labels, holdout.weights)
 
 
 def gate_policy(settings: Settings) -> gate.GatePolicy:
@@ -493,7 +500,15 @@ def save_artifact(settings: Settings, inputs: RunInputs, best: Candidate) -> str
         metadata={"lineage": inputs.lineage, "metrics": best.evaluation.to_dict(), "training_run_id": run_id},
     )
     (tmp / "lineage.json").write_text(
-        json.dumps({"train_ids": data.train.ids, "holdout_ids": data.holdout.ids, **inputs.lineage}, indent=None)
+        json.dumps(
+            {
+                "train_ids": data.train.ids,
+                "holdout_ids": data.holdout.ids,
+                "holdout_item_weights": data.holdout.weights,
+                **inputs.lineage,
+            },
+            indent=None,
+        )
     )
     if final.exists():
         shutil.rmtree(final)

@@ -32,6 +32,18 @@ from sim.scenario import ARMS, SimConfig
 @click.option("--feedback-rate", type=float, default=0.5, show_default=True)
 @click.option("--noise", type=float, default=0.2, show_default=True, help="Share of wrong feedback labels.")
 @click.option(
+    "--holdout-noise",
+    type=float,
+    help="Share of wrong feedback labels on the platform's holdout items (default: --noise).",
+)
+@click.option(
+    "--holdout-hygiene/--no-holdout-hygiene",
+    default=True,
+    show_default=True,
+    help="The gate weighs flagged, unreviewed holdout labels by the probability that they are right "
+    "(gate_holdout_hygiene); off, every holdout label counts in full.",
+)
+@click.option(
     "--careless-share",
     type=float,
     default=0.25,
@@ -104,6 +116,7 @@ def config_from_options(opts: dict[str, Any]) -> SimConfig:
         daily=opts["daily"],
         feedback_rate=opts["feedback_rate"],
         noise=opts["noise"],
+        holdout_noise=opts.get("holdout_noise"),
         careless_share=opts["careless_share"],
         tenants=opts["tenants"],
         shift=opts["shift"],
@@ -114,5 +127,8 @@ def config_from_options(opts: dict[str, Any]) -> SimConfig:
         arms=arms,
         review_budget=opts["review_budget"],
         rules=opts.get("rules"),
-        settings={"fine_tune_min_labels": opts["fine_tune_min_labels"]},
+        settings={
+            "fine_tune_min_labels": opts["fine_tune_min_labels"],
+            "gate_holdout_hygiene": opts.get("holdout_hygiene", True),
+        },
     )

@@ -50,6 +50,26 @@ def gate_record(run: TrainingRun) -> GateRecord:
     )
 
 
+#: What a night's gate did against the clean test split: promoted a model worse than the champion it replaced,
+#: refused one better than the champion it was judged against, or neither.
+GATE_PROMOTED_WORSE = "promoted_worse"
+GATE_REFUSED_BETTER = "refused_better"
+GATE_RIGHT = "right"
+
+
+def gate_verdict(promoted: bool, champion_before: float, trained: float | None) -> str | None:
+    """Judge the night's gate decision on the shared model by the clean test split: ``trained`` is tonight's
+    candidate's accuracy there, ``champion_before`` the accuracy of the champion it was gated against (None: no
+    candidate tonight)."""
+    if trained is None:
+        return None
+    if promoted and trained < champion_before:
+        return GATE_PROMOTED_WORSE
+    if not promoted and trained > champion_before:
+        return GATE_REFUSED_BETTER
+    return GATE_RIGHT
+
+
 def shared_champion(session: Session, task_id: int) -> ModelVersion:
     model = champions.champion_for(session, task_id, None)
     assert model is not None, "every task has a champion from day one (zero-shot)"

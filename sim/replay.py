@@ -12,9 +12,17 @@ from typing import Any
 from sqlalchemy import func, select
 
 from flywheel.models.records import Feedback, Prediction, Task
-from flywheel.models.training import TrainingRun
+from flywheel.models.training import ModelVersion, TrainingRun
 from sim.harness import ApiClient, ArmSystem, running_system
-from sim.measures import GateRecord, LabelIssueScores, TestSplitScorer, gate_record, label_issue_scores, shared_champion
+from sim.measures import (
+    GateRecord,
+    LabelIssueScores,
+    TestSplitScorer,
+    gate_record,
+    gate_verdict,
+    label_issue_scores,
+    shared_champion,
+)
 from sim.night import run_night
 from sim.reviewer import Reviewer
 from sim.scenario import TASK, Progress, SimConfig, sim_time
@@ -85,10 +93,16 @@ class DayRow:
     day: int
     arm: str
     promoted: bool  # the shared champion changed tonight
+    champion_before: float  # the accuracy on the test split of the shared champion tonight's gate judged against
     served: int
     feedback_sent: int
     stored: StoredDay
     monitoring: MonitoringView
+
+    @property
+    def gate_verdict(self) -> str | None:
+        """Tonight's gate decision on the shared model, judged by the test split (``measures.gate_verdict``)."""
+        return gate_verdict(self.promoted, self.champion_before, self.stored.trained_accuracy)
 
     def as_json(self) -> dict[str, Any]:
         """The row as ``results.json`` keeps it (``arms``)."""
@@ -100,6 +114,8 @@ class DayRow:
             "champion": s.champion,
             "rung": s.rung,
             "promoted": self.promoted,
+            "champion_before_accuracy": self.champion_before,
+            "gate_verdict": self.gate_verdict,
             "served": self.served,
             "logged": s.logged,
             "feedback_sent": self.feedback_sent,
@@ -172,6 +188,10 @@ def replay_day(
     """One simulated day: noon's traffic, the evening's feedback, the scheduler's night, then the day's row."""
     tally.served += send_traffic(system.api, plan, day)
     tally.feedback_sent += send_feedback(system.api, plan, day, true_labels=system.arm == "true_labels")
+    with system.db.session() as session:
+        before = session.get(ModelVersion, tally.champion_id)
+        assert before is not None
+        champion_before = scorer.accuracy(before)
     night = run_night(system.db, system.settings, day, (lambda: reviewer.review_day(day)) if reviewer else None)
     stored = read_stored_day(system, plan, day, night.trained, reviewer, scorer)
     monitoring = read_monitoring(system.api, plan.tenants[0], tally.alerts_seen)
@@ -179,6 +199,7 @@ def replay_day(
         day=day,
         arm=system.arm,
         promoted=stored.champion_id != tally.champion_id,
+        champion_before=champion_before,
         served=tally.served,
         feedback_sent=tally.feedback_sent,
         stored=stored,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sim.experiment import DayResult, SimResults
+    from sim.replay import DayRow
 
 
 def _pct(x: float | None) -> str:
@@ -75,6 +76,7 @@ def summarize(results: SimResults) -> dict[str, Any]:
         out["gap_to_true_points"] = 100 * (true - cleaned)
     if cleaned is not None and uncleaned is not None:
         out["gain_over_uncleaned_points"] = 100 * (cleaned - uncleaned)
+    out["gate_decisions"] = {arm: gate_decisions(rows) for arm, rows in results.arms.items()}
     if results.config.review_budget > 0:
         for arm in ("cleaned", "uncleaned"):
             rows = results.arms.get(arm)
@@ -98,3 +100,15 @@ def breach_alerts_above_threshold(results: SimResults) -> dict[str | None, int]:
             if alert.kind != "drift" and above and alert.to == "breached":
                 false_alerts[alert.tenant] += 1
     return dict(false_alerts)
+
+
+def gate_decisions(rows: list[DayRow]) -> dict[str, int]:
+    """One arm's nightly gate decisions on the shared model, judged by the test split: how many were made, and how
+    many promoted a worse model or refused a better one (``sim.measures.gate_verdict``)."""
+    verdicts = Counter(r.gate_verdict for r in rows if r.gate_verdict is not None)
+    return {
+        "decisions": sum(verdicts.values()),
+        "promoted_worse": verdicts["promoted_worse"],
+        "refused_better": verdicts["refused_better"],
+        "wrong": verdicts["promoted_worse"] + verdicts["refused_better"],
+    }

@@ -24,6 +24,7 @@ class SimConfig:
     daily: int = 500
     feedback_rate: float = 0.5
     noise: float = 0.2
+    holdout_noise: float | None = None  # the share of wrong labels on holdout items; None: ``noise``
     careless_share: float = 0.25  # of the wrong labels, the share given by one careless source (always wrong)
     tenants: int = 3
     shift: Path | None = None

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flywheel.core.config import Settings
+from flywheel.domain.holdout import holdout_bucket, is_holdout
 from sim.scenario import SimConfig
 
 CARELESS_SOURCE = "careless-clicker"
@@ -111,13 +113,29 @@ def _plan_traffic(
     return items
 
 
+def noise_rates(noise: float, careless_share: float) -> tuple[float, float]:
+    """``(careless_rate, honest_wrong)``: the share of all feedback from the careless source (always wrong), and the
+    share of the rest that is wrong, so that ``noise`` of all feedback is wrong."""
+    careless_rate = noise * careless_share
+    return careless_rate, (noise - careless_rate) / max(1e-9, 1 - careless_rate)
+
+
+def in_holdout(item_id: str, holdout_percent: int) -> bool:
+    """Whether the platform puts the prediction with this client id in the evaluation holdout (its own rule)."""
+    return is_holdout(holdout_bucket(item_id), holdout_percent)
+
+
 def _plan_feedback(
     cfg: SimConfig, rng: np.random.Generator, items: list[Item], labels: list[str]
 ) -> list[FeedbackPlan]:
     """Feedback on ``cfg.feedback_rate`` of the items with a known label, 0 to ``max_feedback_delay`` days late
-    (none after the last day); ``cfg.noise`` of it wrong, ``careless_share`` of the wrong labels from one source."""
-    careless_rate = cfg.noise * cfg.careless_share  # share of all feedback that comes from the careless source
-    honest_wrong = (cfg.noise - careless_rate) / max(1e-9, 1 - careless_rate)
+    (none after the last day); ``cfg.noise`` of it wrong (``cfg.holdout_noise`` on the platform's holdout items),
+    ``careless_share`` of the wrong labels from one source. With ``holdout_noise`` equal to ``noise`` (the default)
+    the plan is the one the seed always gave."""
+    rates = noise_rates(cfg.noise, cfg.careless_share)
+    holdout_noise = cfg.noise if cfg.holdout_noise is None else cfg.holdout_noise
+    held_rates = noise_rates(holdout_noise, cfg.careless_share)
+    holdout_percent = int(cfg.settings.get("holdout_percent", Settings.holdout_percent))
     feedback: list[FeedbackPlan] = []
     for item in items:
         if item.label not in labels or rng.random() >= cfg.feedback_rate:
@@ -125,6 +143,7 @@ def _plan_feedback(
         day = item.day + int(rng.integers(0, cfg.max_feedback_delay + 1))
         if day >= cfg.days:
             continue
+        careless_rate, honest_wrong = held_rates if in_holdout(item.id, holdout_percent) else rates
         careless = rng.random() < careless_rate
         wrong = careless or rng.random() < honest_wrong
         noisy = item.label

@@ -49,6 +49,9 @@ class Settings:
     gate_tolerance: float = 0.02  # the paired interval's lower bound must be above -gate_tolerance
     gate_tenant_tolerance: float = 0.02
     gate_min_tenant_holdout: int = 20
+    # The gate weighs each holdout label the label-quality pass flagged (and no reviewer decided yet) by the
+    # probability that it is right; off, every holdout label counts in full (docs/label-quality.md#holdout-hygiene).
+    gate_holdout_hygiene: bool = True
     early_retrain_debounce_minutes: int = 360
     early_retrain_check_seconds: int = 300
     training_poll_seconds: float = 2.0

@@ -45,6 +45,10 @@ class SlaRow:
     value: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+    value_clean: float | None = None
+    ci_low_clean: float | None = None
+    ci_high_clean: float | None = None
+    agreement: str = "raw"  # which value the status reads: "raw" (value) or "clean" (value_clean)
     n_labeled: int | None = None
     coverage: float | None = None
     estimated_value: float | None = None
@@ -58,10 +62,18 @@ class SlaRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def counted(self) -> tuple[float | None, float | None, float | None]:
+        """``(value, ci_low, ci_high)`` of the value the status reads (the SLA's ``agreement``)."""
+        if self.agreement == "clean":
+            return self.value_clean, self.ci_low_clean, self.ci_high_clean
+        return self.value, self.ci_low, self.ci_high
+
+    @property
     def margin(self) -> float | None:
-        if self.value is None or self.threshold is None:
+        value = self.counted[0]
+        if value is None or self.threshold is None:
             return None
-        return self.value - self.threshold
+        return value - self.threshold
 
     @property
     def sort_key(self) -> tuple[int, float, str, str]:
@@ -105,6 +117,10 @@ def sla_rows(session: Session, *, tenant_id: int | None) -> list[SlaRow]:
                 value=ev.value if ev else None,
                 ci_low=ev.ci_low if ev else None,
                 ci_high=ev.ci_high if ev else None,
+                value_clean=ev.value_clean if ev else None,
+                ci_low_clean=ev.ci_low_clean if ev else None,
+                ci_high_clean=ev.ci_high_clean if ev else None,
+                agreement=sla.agreement,
                 n_labeled=ev.n_labeled if ev else None,
                 coverage=ev.coverage if ev else None,
                 estimated_value=ev.estimated_value if ev else None,

@@ -359,8 +359,9 @@ class PredictionPage(BaseModel):
 
 #: ``next_cursor`` of a page: the last item's time (microseconds since the Unix epoch) and its row id.
 CURSOR_PATTERN = r"^-?[0-9]{1,18}\.[0-9]{1,10}$"
-#: ``next_cursor`` of a review-queue page: flagged (0/1), the sort score's IEEE 754 bits in hex, the row id.
-REVIEW_CURSOR_PATTERN = r"^[01]_[0-9a-f]{16}_[0-9]{1,10}$"
+#: ``next_cursor`` of a review-queue page: the group (2: flagged holdout labels, 1: other flagged labels, 0: the rest),
+#: the sort score's IEEE 754 bits in hex, the row id.
+REVIEW_CURSOR_PATTERN = r"^[012]_[0-9a-f]{16}_[0-9]{1,10}$"
 
 TENANT_PARAMETER = (
     "the tenant to act on. Required with an admin key that belongs to no tenant (422 without it); a tenant's key "

@@ -39,7 +39,7 @@ def same_scope(tenant_id: int, task_id: int) -> tuple[ColumnElement[bool], Colum
 def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> set[int]:
     """Prediction ids training must leave out: label issues of the latest pass, labels only unreliable sources
     gave (unless a reviewer has since decided on the label: a "keep" counts at once), and discarded ones. Never a
-    holdout prediction: the pass does not score the holdout."""
+    holdout prediction: the pass's holdout stage excludes nothing."""
     rows = session.execute(
         select(LabelQualityResult.prediction_id)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
@@ -79,9 +79,39 @@ def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int
             LabelQualityResult.tenant_id == tenant_id,
             LabelQualityResult.task_id == task_id,
             LabelQualityResult.kind == "labeled",
+            LabelQualityResult.holdout.is_(False),
             LabelQualityResult.train_weight < 1.0,
             LabelQualityResult.given_label == Prediction.effective_label,
             ~reviewed(),
+        )
+    )
+    return {pid: float(w) for pid, w in rows if w is not None}
+
+
+def flagged_weight() -> ColumnElement[bool]:
+    """A label the latest pass flagged, still current and not yet reviewed: until a person decides it, it counts at
+    its label weight (the probability that it is right) in the clean figures (the gate's, the SLA's)."""
+    return and_(
+        LabelQualityResult.kind == "labeled",
+        LabelQualityResult.is_issue.is_(True),
+        LabelQualityResult.train_weight.is_not(None),
+        LabelQualityResult.given_label == Prediction.effective_label,
+        ~reviewed(),
+    )
+
+
+def holdout_weights(session: Session, tenant_id: int, task_id: int) -> dict[int, float]:
+    """Prediction id -> weight of the holdout labels the latest pass flagged (current, unreviewed): what the gate
+    counts each at. Every other holdout label (unflagged, reviewed, or scored before its label changed) counts 1."""
+    rows = session.execute(
+        select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
+        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+        .where(
+            *same_scope(tenant_id, task_id),
+            LabelQualityResult.tenant_id == tenant_id,
+            LabelQualityResult.task_id == task_id,
+            LabelQualityResult.holdout.is_(True),
+            flagged_weight(),
         )
     )
     return {pid: float(w) for pid, w in rows if w is not None}

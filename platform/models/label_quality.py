@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -71,7 +72,9 @@ class LabelQualityResult(Base):
     ``kind`` "labeled": ``given_label`` (the effective label scored), ``quality`` (cleanlab label quality, lower =
     more likely wrong), ``is_issue``, ``suggested_label``, ``oos_source`` (which out-of-sample source scored it),
     ``train_weight`` (the probability that the label is right, its weight in training), and the consensus when
-    several sources labeled it. ``kind`` "unlabeled": ``active_score`` (ActiveLab, lower =
+    several sources labeled it. ``holdout``: a label of the evaluation holdout, scored apart from the others by
+    models that never trained on it; its ``train_weight`` is the weight it counts at in the gate's and the SLA's
+    figures until a reviewer decides it (it never trains). ``kind`` "unlabeled": ``active_score`` (ActiveLab, lower =
     more worth a person's label).
     """
 
@@ -101,6 +104,8 @@ class LabelQualityResult(Base):
     exclude_reason: Mapped[str | None] = mapped_column(String(32))
     # The weight training gives the label when it keeps it: the probability that it is right (label_weights).
     train_weight: Mapped[float | None] = mapped_column(Float)
+    # A holdout label, scored by the pass's holdout stage (never trains; weighs the gate's and the SLA's figures).
+    holdout: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LabelSourceStat(Base):

@@ -27,6 +27,8 @@ class Sla(Base):
     window_days: Mapped[int] = mapped_column(Integer)
     min_labeled: Mapped[int] = mapped_column(Integer)
     warning_margin: Mapped[float] = mapped_column(Float)
+    # Which value the verdict and the alerts read: "raw" (every label as given) or "clean" (``value_clean``).
+    agreement: Mapped[str] = mapped_column(String(8), default="raw", server_default="raw")
     version: Mapped[int] = mapped_column(Integer, default=1)
     last_status: Mapped[str | None] = mapped_column(String(32))
     last_drift_status: Mapped[str | None] = mapped_column(String(16))
@@ -92,6 +94,11 @@ class SlaEvaluation(Base):
     value: Mapped[float | None] = mapped_column(Float)
     ci_low: Mapped[float | None] = mapped_column(Float)
     ci_high: Mapped[float | None] = mapped_column(Float)
+    # The value on reviewed labels at full weight and flagged, unreviewed ones at their label weight.
+    value_clean: Mapped[float | None] = mapped_column(Float)
+    ci_low_clean: Mapped[float | None] = mapped_column(Float)
+    ci_high_clean: Mapped[float | None] = mapped_column(Float)
+    agreement: Mapped[str] = mapped_column(String(8), default="raw", server_default="raw")  # the one status read
     n_labeled: Mapped[int] = mapped_column(Integer)
     n_predictions: Mapped[int] = mapped_column(Integer)
     coverage: Mapped[float | None] = mapped_column(Float)

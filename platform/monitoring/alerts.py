@@ -65,6 +65,8 @@ def _payload(
         "value": evaluation.value,
         "ci_low": evaluation.ci_low,
         "ci_high": evaluation.ci_high,
+        "value_clean": evaluation.value_clean,
+        "agreement": evaluation.agreement,
         "n_labeled": evaluation.n_labeled,
         "coverage": evaluation.coverage,
         "estimated_value": evaluation.estimated_value,

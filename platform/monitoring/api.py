@@ -23,6 +23,7 @@ from flywheel.web.spec import json_response, operation
 bp = Blueprint("monitoring", __name__, url_prefix="/v1")
 
 Status = Literal["met", "at_risk", "breached", "insufficient_data"]
+Agreement = Literal["raw", "clean"]
 
 
 #: ``accuracy``, ``macro_f1``, or ``recall:<label>`` / ``precision:<label>`` for one of the task's labels.
@@ -39,6 +40,11 @@ class SlaIn(Strict):
     window_days: Integer = Field(default=7, ge=1, le=366)
     min_labeled: Integer = Field(default=200, ge=1, le=MAX_ID)
     warning_margin: Number = Field(default=0.02, ge=0, le=1)
+    agreement: Agreement = Field(
+        default="raw",
+        description="which value the status and alerts read: raw (`value`, every label as given) or clean "
+        "(`value_clean`, flagged labels no reviewer decided yet at their label weight)",
+    )
 
 
 class DriftOut(BaseModel):
@@ -50,7 +56,8 @@ class DriftOut(BaseModel):
 
 
 class SlaOut(BaseModel):
-    """One SLA with its latest evaluation (``value`` measured on labels, ``estimated_value`` label-free)."""
+    """One SLA with its latest evaluation (``value`` measured on labels, ``value_clean`` on reviewed and weighted
+    labels, ``estimated_value`` label-free; ``agreement`` says which of the first two the status reads)."""
 
     tenant: str
     task: str
@@ -59,10 +66,14 @@ class SlaOut(BaseModel):
     window_days: int
     min_labeled: int
     warning_margin: float
+    agreement: Agreement
     version: int
     value: float | None
     ci_low: float | None
     ci_high: float | None
+    value_clean: float | None
+    ci_low_clean: float | None
+    ci_high_clean: float | None
     n_labeled: int
     n_predictions: int
     coverage: float | None
@@ -89,9 +100,13 @@ class EvaluationOut(BaseModel):
     window_days: int
     window_start: datetime
     window_end: datetime
+    agreement: Agreement
     value: float | None
     ci_low: float | None
     ci_high: float | None
+    value_clean: float | None
+    ci_low_clean: float | None
+    ci_high_clean: float | None
     n_labeled: int
     n_predictions: int
     coverage: float | None
@@ -195,6 +210,7 @@ def sla_out(sla: Sla, evaluation: SlaEvaluation | None, report: DriftReport | No
         "window_days": sla.window_days,
         "min_labeled": sla.min_labeled,
         "warning_margin": sla.warning_margin,
+        "agreement": sla.agreement,
         "version": sla.version,
     }
     if evaluation is None:
@@ -203,6 +219,9 @@ def sla_out(sla: Sla, evaluation: SlaEvaluation | None, report: DriftReport | No
             value=None,
             ci_low=None,
             ci_high=None,
+            value_clean=None,
+            ci_low_clean=None,
+            ci_high_clean=None,
             n_labeled=0,
             n_predictions=0,
             coverage=None,
@@ -218,6 +237,9 @@ def sla_out(sla: Sla, evaluation: SlaEvaluation | None, report: DriftReport | No
         value=evaluation.value,
         ci_low=evaluation.ci_low,
         ci_high=evaluation.ci_high,
+        value_clean=evaluation.value_clean,
+        ci_low_clean=evaluation.ci_low_clean,
+        ci_high_clean=evaluation.ci_high_clean,
         n_labeled=evaluation.n_labeled,
         n_predictions=evaluation.n_predictions,
         coverage=evaluation.coverage,
@@ -309,9 +331,13 @@ def sla_history(tenant: str, task: str, *, principal: Principal, query: HistoryQ
             window_days=r.window_days,
             window_start=r.window_start,
             window_end=r.window_end,
+            agreement=r.agreement,  # type: ignore[arg-type]
             value=r.value,
             ci_low=r.ci_low,
             ci_high=r.ci_high,
+            value_clean=r.value_clean,
+            ci_low_clean=r.ci_low_clean,
+            ci_high_clean=r.ci_high_clean,
             n_labeled=r.n_labeled,
             n_predictions=r.n_predictions,
             coverage=r.coverage,

@@ -51,6 +51,13 @@ def monitor(ctx: click.Context, tenant: str | None, task: str | None, no_drift: 
 @click.option("--window-days", type=int, default=7, show_default=True)
 @click.option("--min-labeled", type=int, default=200, show_default=True)
 @click.option("--warning-margin", type=float, default=0.02, show_default=True)
+@click.option(
+    "--agreement",
+    type=click.Choice(["raw", "clean"]),
+    default="raw",
+    show_default=True,
+    help="The value the status reads: raw, or clean (flagged, unreviewed labels at their label weight).",
+)
 @click.pass_obj
 def set_sla(app_ctx: Any, tenant: str, task: str, **terms: Any) -> None:
     """Create or change an SLA (the same as PUT /v1/slas/{tenant}/{task})."""

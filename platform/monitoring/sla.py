@@ -11,6 +11,14 @@ Evaluation reads a window with one SQL aggregation (no prediction rows leave the
 
 A prediction is labeled when it has an effective label and was not discarded. The holdout split does not apply to
 SLAs: every labeled prediction in the window counts. Services here take the session and never commit.
+
+Beside ``value`` (every label as given), ``value_clean`` weighs each label the latest label-quality pass flagged
+(still current, no reviewer's decision yet) at its label weight, the probability that it is right; reviewed and
+unflagged labels count in full. That holds for every labeled prediction in the window, holdout or not: the pass
+scores each label out-of-sample (holdout labels by the holdout stage, never by a model that trained on them; the
+others by cross-validation), so each weight means the same thing, and weighting the holdout's 15% alone would leave
+most of the window's noise in the figure. The SLA's ``agreement`` (``raw`` by default, or ``clean``) says which of
+the two the status, and so the alerts, read.
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ from sqlalchemy import Integer, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.db import utcnow
-from flywheel.domain.training_labels import rule_only
+from flywheel.domain.training_labels import flagged_weight, rule_only
+from flywheel.models.label_quality import LabelQualityResult
 from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.slas import Sla, SlaChange, SlaEvaluation
 from flywheel.monitoring import stats
 
 CBPE_MIN_LABELED = 50
-TERMS = ("metric", "threshold", "window_days", "min_labeled", "warning_margin")
+TERMS = ("metric", "threshold", "window_days", "min_labeled", "warning_margin", "agreement")
+#: Which value the verdict reads: every label as given, or flagged, unreviewed labels at their label weight.
+AGREEMENTS = ("raw", "clean")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class SlaTerms:
     window_days: int = 7
     min_labeled: int = 200
     warning_margin: float = 0.02
+    agreement: str = "raw"
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in TERMS}
@@ -60,6 +72,8 @@ def validate_terms(terms: SlaTerms, labels: list[str]) -> list[dict[str, Any]]:
         errors.append({"loc": ["min_labeled"], "msg": "must be at least 1"})
     if not 0.0 <= terms.warning_margin <= 1.0:
         errors.append({"loc": ["warning_margin"], "msg": "must be within [0, 1]"})
+    if terms.agreement not in AGREEMENTS:
+        errors.append({"loc": ["agreement"], "msg": f"must be one of {', '.join(AGREEMENTS)}"})
     return errors
 
 
@@ -107,6 +121,9 @@ class WindowStats:
     estimated_value: float | None
     estimated_accuracy: float | None
     calibration_error: float | None
+    value_clean: float | None = None
+    ci_low_clean: float | None = None
+    ci_high_clean: float | None = None
 
 
 def _bin_expression(session: Session) -> Any:
@@ -137,6 +154,13 @@ def measure_window(
     bin_ = _bin_expression(session)
     # A label only labeling rules gave is not a measurement: such a prediction counts as unlabeled.
     by_person = case((rule_only(), None), else_=Prediction.effective_label).label("measured_label")
+    # The weight of each label in the clean value: its label weight where the pass flagged it, else 1.
+    weight = case((flagged_weight(), LabelQualityResult.train_weight), else_=1.0)
+    scored = and_(
+        LabelQualityResult.prediction_id == Prediction.id,
+        LabelQualityResult.tenant_id == tenant_id,
+        LabelQualityResult.task_id == task_id,
+    )
     groups = session.execute(
         select(
             Prediction.label,
@@ -145,18 +169,22 @@ def measure_window(
             bin_.label("bin"),
             func.count(),
             func.sum(Prediction.confidence),
+            func.sum(weight),
         )
+        .outerjoin(LabelQualityResult, scored)
         .where(in_window)
         .group_by(Prediction.label, by_person, Prediction.label_discarded, bin_)
     ).all()
-    # Confusion cells of labeled predictions (effective label, not discarded) for the metric ...
+    # Confusion cells of labeled predictions (effective label, not discarded) for the metric, counted and weighed ...
     cells: dict[tuple[str, str], int] = {}
+    clean: dict[tuple[str, str], float] = {}
     # ... and (labeled, correct, bin) cells over all predictions for coverage, calibration and CBPE.
     calib: dict[tuple[bool, bool, int], list[float]] = {}
-    for label, effective, discarded, bin_no, count, conf_sum in groups:
+    for label, effective, discarded, bin_no, count, conf_sum, weight_sum in groups:
         is_labeled = effective is not None and not discarded
         if is_labeled:
             cells[(label, effective)] = cells.get((label, effective), 0) + int(count)
+            clean[(label, effective)] = clean.get((label, effective), 0.0) + float(weight_sum or 0.0)
         key = (is_labeled, is_labeled and label == effective, int(bin_no))
         acc = calib.setdefault(key, [0.0, 0.0])
         acc[0] += float(count)
@@ -165,6 +193,9 @@ def measure_window(
     y_true = [c[1] for c in cells]
     measured = stats.compute_metric(
         metric, y_true, y_pred, sample_weight=list(cells.values()), n_boot=n_boot, seed=seed
+    )
+    cleaned = stats.compute_metric(
+        metric, y_true, y_pred, sample_weight=[clean[c] for c in cells], n_boot=n_boot, seed=seed
     )
     arr = np.array([(k[0], k[1], v[0], v[1]) for k, v in calib.items()], dtype=np.float64).reshape(-1, 4)
     lab, corr, count, conf_total = arr[:, 0] == 1, arr[:, 1], arr[:, 2], arr[:, 3]
@@ -192,6 +223,9 @@ def measure_window(
         estimated_value=estimated if metric == "accuracy" else None,
         estimated_accuracy=estimated,
         calibration_error=ece,
+        value_clean=cleaned.value,
+        ci_low_clean=cleaned.ci_low,
+        ci_high_clean=cleaned.ci_high,
     )
 
 
@@ -220,10 +254,11 @@ def evaluate(
         end=end,
         n_boot=n_boot,
     )
+    clean = sla.agreement == "clean"
     status = stats.sla_status(
-        value=measured.value,
-        ci_low=measured.ci_low,
-        ci_high=measured.ci_high,
+        value=measured.value_clean if clean else measured.value,
+        ci_low=measured.ci_low_clean if clean else measured.ci_low,
+        ci_high=measured.ci_high_clean if clean else measured.ci_high,
         n_labeled=measured.n_labeled,
         threshold=sla.threshold,
         warning_margin=sla.warning_margin,
@@ -248,6 +283,10 @@ def evaluate(
         estimated_value=measured.estimated_value,
         estimated_accuracy=measured.estimated_accuracy,
         calibration_error=measured.calibration_error,
+        value_clean=measured.value_clean,
+        ci_low_clean=measured.ci_low_clean,
+        ci_high_clean=measured.ci_high_clean,
+        agreement=sla.agreement,
         status=status,
         drift_status=drift_status,
         drift_report_id=drift_report_id,

@@ -166,14 +166,15 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
         run = session.get(LabelQualityRun, result.run_id)
         assert run is not None and run.status == "succeeded" and run.progress == 1.0
         assert run.summary["consensus"]["method"] == "crowdlab"
-        rows = {
-            p.client_id: r
-            for r, p in session.execute(
-                select(LabelQualityResult, Prediction).join(Prediction).where(LabelQualityResult.kind == "labeled")
-            ).tuples()
-        }
-        # the holdout is never scored, so never filtered or relabeled
-        assert not set(rows) & plan.holdout
+        labeled = session.execute(
+            select(LabelQualityResult, Prediction).join(Prediction).where(LabelQualityResult.kind == "labeled")
+        ).tuples()
+        rows, held = {}, {}
+        for r, p in labeled:
+            (held if r.holdout else rows)[p.client_id] = r
+        # the holdout is scored apart (its own rows), never with the rest, never excluded or given a consensus
+        assert not set(rows) & plan.holdout and set(held) == plan.holdout - set(plan.unlabeled)
+        assert all(r.exclude_reason is None and r.consensus_label is None for r in held.values())
         troll_outside = plan.troll - plan.holdout
         flagged = {cid for cid, r in rows.items() if r.is_issue}
         assert len(flagged & troll_outside) >= 0.9 * len(troll_outside)
@@ -195,7 +196,7 @@ def test_pass_flags_the_hostile_source_excludes_it_and_spares_the_holdout(
         assert (sources[0]["source"], sources[0]["source_id"]) == ("end_user", "troll")
         assert sources[0]["excluded"] and sources[0]["issue_rate"] > 0.8
         assert all(not s["excluded"] for s in sources[1:])
-        assert flagged_client_ids(session, "intent") == flagged
+        assert flagged_client_ids(session, "intent") == flagged | {cid for cid, r in held.items() if r.is_issue}
     assert _pid(db, plan.target).effective_label == plan.truth[plan.target]
     holdout_troll_row = _pid(db, holdout_troll)
     assert holdout_troll_row.effective_label != plan.truth[holdout_troll]  # untouched: still the rule's label
@@ -283,7 +284,10 @@ def test_review_queue_and_decisions_over_http(world: World, plan: Plan, settings
     assert r.status_code == 200, r.json
     items = r.json["items"]
     assert len(items) == 10
-    assert [i["quality"] for i in items] == sorted(i["quality"] for i in items)
+    # the holdout's flagged label first (it judges every promotion), then the others by label quality
+    held = [i for i in items if "holdout" in i["reason"]]
+    assert [i["prediction_id"] for i in held] == [next(iter(plan.troll & plan.holdout))] and items[0] == held[0]
+    assert [i["quality"] for i in items[1:]] == sorted(i["quality"] for i in items[1:])
     assert all(i["prediction_id"] in plan.troll for i in items)
     first = items[0]
     assert first["suggested_label"] == plan.truth[first["prediction_id"]]
@@ -502,10 +506,11 @@ def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
         )
     run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
     with db.session() as session:
+        outside = LabelQualityResult.holdout.is_(False)
         sources = set(
-            session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled"))
+            session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled", outside))
         )
-        assert sources == {"cv"}
+        assert sources == {"cv"}  # (the holdout's labels it never trained on: test_holdout_hygiene.py)
 
 
 def test_a_customer_model_scores_labels_given_after_it_logged_but_not_ones_it_trained_on(
@@ -525,7 +530,7 @@ def test_a_customer_model_scores_labels_given_after_it_logged_but_not_ones_it_tr
         rows = session.execute(
             select(Prediction.client_id, LabelQualityResult.oos_source)
             .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
-            .where(LabelQualityResult.kind == "labeled")
+            .where(LabelQualityResult.kind == "labeled", LabelQualityResult.holdout.is_(False))
         )
         sources = {cid: source for cid, source in rows}
     assert {sources[c] for c in trained_on | logged_late} == {"cv"}

@@ -141,3 +141,79 @@ def test_other_metrics_can_gate() -> None:
     champ = evaluate_predictions(truth, ["b"] * 100, ["x"] * 100, LABELS)  # accuracy 0.6, recall:b 1
     assert decide(cand, champ).promote
     assert not decide(cand, champ, policy=GatePolicy(metric="recall:b")).promote
+
+
+def _noisy_holdout() -> tuple[list[str], list[str], list[str], list[float]]:
+    """200 items whose true labels both models see; 40 of them carry a wrong label (the label-quality pass flagged
+    them, weight 0.05). The candidate is right on every true label; the champion is wrong on 20 of the clean items
+    and agrees with the wrong label on the 40 noisy ones, so the noisy labels make it look the better model."""
+    truth = [LABELS[i % 3] for i in range(200)]
+    given = [LABELS[(LABELS.index(t) + 1) % 3] if i < 40 else t for i, t in enumerate(truth)]
+    candidate = list(truth)
+    champion = [
+        g if i < 40 or i >= 60 else LABELS[(LABELS.index(t) + 2) % 3]
+        for i, (t, g) in enumerate(zip(truth, given, strict=True))
+    ]
+    weights = [0.05 if i < 40 else 1.0 for i in range(200)]
+    return given, candidate, champion, weights
+
+
+def test_weights_of_one_leave_every_figure_exactly_as_unweighted() -> None:
+    given, candidate, champion, _ = _noisy_holdout()
+    tenants = ["x" if i % 2 else "y" for i in range(200)]
+    ones = [1.0] * 200
+    assert evaluate_predictions(given, candidate, tenants, LABELS, ones) == evaluate_predictions(
+        given, candidate, tenants, LABELS
+    )
+    assert (
+        evaluate_predictions(given, candidate, tenants, LABELS, ones).items
+        == evaluate_predictions(given, candidate, tenants, LABELS).items
+    )
+    for metric in ("accuracy", "macro_f1", f"recall:{LABELS[0]}"):
+        plain = paired_difference(given, candidate, champion, LABELS, metric=metric)
+        assert paired_difference(given, candidate, champion, LABELS, metric=metric, weights=ones) == plain
+    assert compute_metrics(given, candidate, LABELS, ones) == compute_metrics(given, candidate, LABELS)
+
+
+def test_weighted_metrics_count_each_item_at_its_weight() -> None:
+    m = compute_metrics(["a", "a", "b", "c"], ["a", "b", "b", "b"], LABELS, [1.0, 0.5, 1.0, 0.25])
+    assert m["n"] == 4  # items, whatever their weights
+    assert m["accuracy"] == pytest.approx(2.0 / 2.75)
+    assert m["recall:a"] == pytest.approx(1.0 / 1.5)
+    assert m["precision:b"] == pytest.approx(1.0 / 1.75)
+    # F1 per label from weighted counts: a = 2*1/(1.5+1), b = 2*1/(1+1.75), c = 0
+    assert m["macro_f1"] == pytest.approx((2 / 2.5 + 2 / 2.75 + 0.0) / 3)
+    with pytest.raises(ValueError, match="weights has 1"):
+        compute_metrics(["a", "b"], ["a", "b"], LABELS, [1.0])
+
+
+def test_weighted_holdout_lets_the_gate_promote_the_model_the_noise_hid() -> None:
+    """Judged on the labels as given, the better candidate looks worse (it contradicts 40 wrong labels the champion
+    happens to agree with) and is refused; with the flagged labels at their weight the gate promotes it."""
+    given, candidate, champion, weights = _noisy_holdout()
+    tenants = ["x"] * 200
+    policy = GatePolicy()
+    plain = decide(
+        evaluate_predictions(given, candidate, tenants, LABELS),
+        evaluate_predictions(given, champion, tenants, LABELS),
+        policy=policy,
+    )
+    assert not plain.promote and plain.paired is not None and plain.paired.overall.difference == pytest.approx(-0.1)
+    weighted = decide(
+        evaluate_predictions(given, candidate, tenants, LABELS, weights),
+        evaluate_predictions(given, champion, tenants, LABELS, weights),
+        policy=policy,
+    )
+    assert weighted.promote, weighted.reasons
+    assert weighted.paired is not None
+    # the candidate is right on the 160 clean items; the champion on 140 of them and (by the noise) on the 40 others
+    expected = (160 - (140 + 40 * 0.05)) / (160 + 40 * 0.05)
+    assert weighted.paired.overall.difference == pytest.approx(expected)
+    assert weighted.paired.overall.ci_low > 0 and weighted.paired.tenants["x"].difference == pytest.approx(expected)
+    # weighted and unweighted evaluations of the same items are not the same items to pair
+    unpaired = decide(
+        evaluate_predictions(given, candidate, tenants, LABELS, weights),
+        evaluate_predictions(given, champion, tenants, LABELS),
+        policy=policy,
+    )
+    assert not unpaired.promote and unpaired.paired is None

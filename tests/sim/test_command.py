@@ -67,3 +67,39 @@ def test_rules_from_a_file_are_put_on_the_task_on_day_0(tmp_path: Path) -> None:
         set_up_customers(system.api, cfg, plan)
         got = system.api.call("GET", f"/v1/tasks/{TASK}/rules", system.api.admin)["rules"]
     assert [(r["name"], r["label"], r["keywords"]) for r in got] == [("rate-words", "exchange_rate", ["rate"])]
+
+
+def test_holdout_noise_sets_the_share_of_wrong_labels_on_the_holdout(tmp_path: Path) -> None:
+    """``--holdout-noise`` sets the share of wrong labels on the platform's holdout items alone (default:
+    ``--noise``, the plan the seed always gave)."""
+    from sim.command import config_from_options
+    from sim.traffic import in_holdout, make_plan
+
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},label-{i % 5}\n" for i in range(400)))
+    base = {
+        "train": data, "test": data, "out": tmp_path, "days": 4, "daily": 1000, "feedback_rate": 1.0, "noise": 0.3,
+        "careless_share": 0.25, "tenants": 2, "shift": None, "shift_day": 4, "sim_database_url": None, "seed": 3,
+        "test_limit": None, "arms": "cleaned", "review_budget": 0, "fine_tune_min_labels": 10**9,
+    }  # fmt: skip
+    default = make_plan(config_from_options(base))
+    assert make_plan(config_from_options({**base, "holdout_noise": 0.3})) == default
+    assert config_from_options({**base, "holdout_hygiene": False}).settings["gate_holdout_hygiene"] is False
+
+    def wrong_share(noise: float | None, holdout: bool) -> float:
+        plan = make_plan(config_from_options({**base, "holdout_noise": noise}))
+        chosen = [f for f in plan.feedback if in_holdout(f.item, 15) is holdout]
+        assert len(chosen) > 100 and (not holdout or len(chosen) < 0.2 * len(plan.feedback))  # the platform's 15%
+        return sum(f.noisy_label != f.true_label for f in chosen) / len(chosen)
+
+    assert wrong_share(0.0, True) == 0.0 and abs(wrong_share(0.0, False) - 0.3) < 0.03
+    assert abs(wrong_share(0.6, True) - 0.6) < 0.08 and abs(wrong_share(None, True) - 0.3) < 0.08
+
+
+def test_a_gate_decision_is_judged_by_the_test_split() -> None:
+    from sim.measures import gate_verdict
+
+    assert gate_verdict(True, 0.80, 0.78) == "promoted_worse"
+    assert gate_verdict(False, 0.80, 0.82) == "refused_better"
+    assert gate_verdict(True, 0.80, 0.82) == gate_verdict(False, 0.80, 0.79) == "right"
+    assert gate_verdict(False, 0.80, None) is None

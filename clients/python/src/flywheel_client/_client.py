@@ -326,8 +326,9 @@ class Client:
 
     def get_sla(self, tenant: str, task: str) -> dict[str, Any]:
         """The row of ``GET /v1/slas`` for ``tenant`` and ``task``: ``status`` (``met``, ``at_risk``, ``breached``,
-        ``insufficient_data``), ``value`` with ``ci_low``/``ci_high``, ``drift``, …; 404 :class:`FlywheelError`
-        when there is no such SLA."""
+        ``insufficient_data``), ``value`` with ``ci_low``/``ci_high``, ``value_clean`` (flagged, unreviewed labels at
+        their label weight) with ``ci_low_clean``/``ci_high_clean``, ``agreement`` (``raw`` or ``clean``: the value
+        the status reads), ``drift``, …; 404 :class:`FlywheelError` when there is no such SLA."""
         for item in self.list_slas(tenant=tenant):
             if item.get("tenant") == tenant and item.get("task") == task:
                 return item
