@@ -6,9 +6,9 @@ are scored here apart from everything else, with two signals only:
 - cross-validation within the holdout alone (``out_of_sample_probabilities`` on the holdout's own embeddings: its
   folds hold holdout items only; no label from outside the holdout, nor the pool, ever joins them, so no model that
   scores a holdout label was fit on anything but other holdout labels);
-- the probabilities our served models logged for them: a served model never trained on a holdout item (training
-  never reads the holdout), so these are out-of-sample by construction, whenever the model was created (besides
-  whatever ``production_usable`` accepts).
+- the probabilities production models logged for them: the customer's own wherever ``production_usable`` accepts
+  them (logged before the label, not marked ``in_sample``), and our served models' whenever they were created (a
+  served model never trains on a holdout item: training never reads the holdout).
 
 The holdout's rows never join the main pass's cross-validation either (``load_labeled_set`` keeps the two sets
 apart). A flagged, unreviewed holdout label then counts at its label weight (the probability that it is right) in the

@@ -7,14 +7,15 @@
 2. embeddings through the cache (``flywheel.domain.embeddings``), at the embedding window chosen from the labeled
    texts' lengths (``flywheel.domain.windows``; longer texts chunked and pooled), recorded in the summary;
 3. out-of-sample probabilities (K-fold CV on the embeddings, the task's other tenants' labels as extra training
-   rows, averaged with logged probabilities of our own served models where those never trained on the example;
-   ``scoring``) and the consensus label of each prediction: CROWDLAB once enough predictions carry labels from two
-   or more sources, the documented precedence rule before that (``annotators``);
+   rows, mixed with the probabilities every logging model, ours or the customer's, logged where it never trained
+   on the example, each model at its fitted weight; ``scoring``) and the consensus label of each prediction:
+   CROWDLAB once enough predictions carry labels from two or more sources, the documented precedence rule before
+   that (``annotators``);
 4. cleanlab's label issues on the consensus labels (all go to review; training leaves out the share the evidence
    supports, ``flywheel.feedback.checks.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
    predictions;
 5. the holdout stage: the holdout's labels, loaded as a set of their own, scored by cross-validation within the
-   holdout alone and our served models' logged probabilities (``holdout``: never by a model that trained on them,
+   holdout alone and the usable logged probabilities (``holdout``: never by a model that trained on them,
    never together with the labels above); flagged ones go first to review and weigh the gate's and SLAs' figures,
    none is ever filtered or relabeled. A holdout too small to score is skipped, with the reason in the summary;
 6. one transaction replaces the (tenant, task)'s results (``pass_output``), records source stats, re-derives
