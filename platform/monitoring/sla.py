@@ -23,6 +23,7 @@ the two the status, and so the alerts, read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -144,7 +145,37 @@ def measure_window(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> WindowStats:
-    """Measure ``metric`` on the window ``[start, end)`` of one tenant's task (one aggregate query)."""
+    """Measure ``metric`` on the window ``[start, end)`` of one tenant's task (one aggregate query): raw, clean
+    (flagged labels at their label weight), coverage, calibration and the CBPE estimate."""
+    tally = _tally(_window_groups(session, tenant_id=tenant_id, task_id=task_id, start=start, end=end))
+    y_pred = [c[0] for c in tally.cells]
+    y_true = [c[1] for c in tally.cells]
+    measured = stats.compute_metric(
+        metric, y_true, y_pred, sample_weight=list(tally.cells.values()), n_boot=n_boot, seed=seed
+    )
+    cleaned = stats.compute_metric(
+        metric, y_true, y_pred, sample_weight=[tally.clean[c] for c in tally.cells], n_boot=n_boot, seed=seed
+    )
+    n_predictions, n_labeled, ece, estimated = _calibration(tally.calib)
+    return WindowStats(
+        value=measured.value,
+        ci_low=measured.ci_low,
+        ci_high=measured.ci_high,
+        n_labeled=n_labeled,
+        n_predictions=n_predictions,
+        coverage=(n_labeled / n_predictions) if n_predictions else None,
+        estimated_value=estimated if metric == "accuracy" else None,
+        estimated_accuracy=estimated,
+        calibration_error=ece,
+        value_clean=cleaned.value,
+        ci_low_clean=cleaned.ci_low,
+        ci_high_clean=cleaned.ci_high,
+    )
+
+
+def _window_groups(session: Session, *, tenant_id: int, task_id: int, start: datetime, end: datetime) -> Sequence[Any]:
+    """The window's predictions grouped by (logged label, measured label, discarded, confidence bin): count,
+    confidence sum and clean-weight sum of each group."""
     in_window = and_(
         Prediction.tenant_id == tenant_id,
         Prediction.task_id == task_id,
@@ -161,7 +192,7 @@ def measure_window(
         LabelQualityResult.tenant_id == tenant_id,
         LabelQualityResult.task_id == task_id,
     )
-    groups = session.execute(
+    return session.execute(
         select(
             Prediction.label,
             by_person,
@@ -175,35 +206,40 @@ def measure_window(
         .where(in_window)
         .group_by(Prediction.label, by_person, Prediction.label_discarded, bin_)
     ).all()
-    # Confusion cells of labeled predictions (effective label, not discarded) for the metric, counted and weighed ...
-    cells: dict[tuple[str, str], int] = {}
-    clean: dict[tuple[str, str], float] = {}
-    # ... and (labeled, correct, bin) cells over all predictions for coverage, calibration and CBPE.
-    calib: dict[tuple[bool, bool, int], list[float]] = {}
+
+
+@dataclass
+class _Tally:
+    """Confusion cells ``(logged, measured label)`` of labeled predictions, counted (``cells``) and weighed
+    (``clean``), and ``(labeled, correct, bin)`` cells of all predictions: ``[count, confidence sum]``."""
+
+    cells: dict[tuple[str, str], int]
+    clean: dict[tuple[str, str], float]
+    calib: dict[tuple[bool, bool, int], list[float]]
+
+
+def _tally(groups: Sequence[Any]) -> _Tally:
+    tally = _Tally({}, {}, {})
     for label, effective, discarded, bin_no, count, conf_sum, weight_sum in groups:
         is_labeled = effective is not None and not discarded
         if is_labeled:
-            cells[(label, effective)] = cells.get((label, effective), 0) + int(count)
-            clean[(label, effective)] = clean.get((label, effective), 0.0) + float(weight_sum or 0.0)
-        key = (is_labeled, is_labeled and label == effective, int(bin_no))
-        acc = calib.setdefault(key, [0.0, 0.0])
+            tally.cells[(label, effective)] = tally.cells.get((label, effective), 0) + int(count)
+            tally.clean[(label, effective)] = tally.clean.get((label, effective), 0.0) + float(weight_sum or 0.0)
+        acc = tally.calib.setdefault((is_labeled, is_labeled and label == effective, int(bin_no)), [0.0, 0.0])
         acc[0] += float(count)
         acc[1] += float(conf_sum or 0.0)
-    y_pred = [c[0] for c in cells]
-    y_true = [c[1] for c in cells]
-    measured = stats.compute_metric(
-        metric, y_true, y_pred, sample_weight=list(cells.values()), n_boot=n_boot, seed=seed
-    )
-    cleaned = stats.compute_metric(
-        metric, y_true, y_pred, sample_weight=[clean[c] for c in cells], n_boot=n_boot, seed=seed
-    )
+    return tally
+
+
+def _calibration(calib: dict[tuple[bool, bool, int], list[float]]) -> tuple[int, int, float | None, float | None]:
+    """From the ``(labeled, correct, bin)`` cells: predictions, labeled ones, the calibration error of the labeled
+    ones, and the CBPE accuracy estimate (calibrated on the labeled cells, estimating the unlabeled ones, or the
+    whole window when nothing is unlabeled)."""
     arr = np.array([(k[0], k[1], v[0], v[1]) for k, v in calib.items()], dtype=np.float64).reshape(-1, 4)
     lab, corr, count, conf_total = arr[:, 0] == 1, arr[:, 1], arr[:, 2], arr[:, 3]
     mean_conf = np.divide(conf_total, count, out=np.zeros_like(conf_total), where=count > 0)
-    n_predictions = int(count.sum())
     n_labeled = int(count[lab].sum())
     ece = stats.expected_calibration_error(mean_conf[lab], corr[lab], sample_weight=count[lab])
-    # CBPE: calibrate on labeled cells, estimate the unlabeled ones (all of the window when nothing is unlabeled).
     target = ~lab if count[~lab].sum() > 0 else np.ones_like(lab)
     estimated = stats.cbpe_accuracy(
         mean_conf[lab],
@@ -213,20 +249,7 @@ def measure_window(
         unlabeled_weight=count[target],
         min_labeled=CBPE_MIN_LABELED,
     )
-    return WindowStats(
-        value=measured.value,
-        ci_low=measured.ci_low,
-        ci_high=measured.ci_high,
-        n_labeled=n_labeled,
-        n_predictions=n_predictions,
-        coverage=(n_labeled / n_predictions) if n_predictions else None,
-        estimated_value=estimated if metric == "accuracy" else None,
-        estimated_accuracy=estimated,
-        calibration_error=ece,
-        value_clean=cleaned.value,
-        ci_low_clean=cleaned.ci_low,
-        ci_high_clean=cleaned.ci_high,
-    )
+    return int(count.sum()), n_labeled, ece, estimated
 
 
 def window_bounds(sla: Sla, now: datetime) -> tuple[datetime, datetime]:
