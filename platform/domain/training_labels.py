@@ -71,6 +71,20 @@ def excluded_prediction_ids(session: Session, tenant_id: int, task_id: int) -> s
 def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int, float]:
     """Prediction id -> training weight (the probability that its label is right) for the labels the latest pass
     scored below full weight; current verdicts only, never a reviewed label (a person decided: full weight)."""
+    return _weights(
+        session,
+        tenant_id,
+        task_id,
+        LabelQualityResult.kind == "labeled",
+        LabelQualityResult.holdout.is_(False),
+        LabelQualityResult.train_weight < 1.0,
+        LabelQualityResult.given_label == Prediction.effective_label,
+        ~reviewed(),
+    )
+
+
+def _weights(session: Session, tenant_id: int, task_id: int, *where: ColumnElement[bool]) -> dict[int, float]:
+    """Prediction id -> ``train_weight`` of the (tenant, task)'s latest results that meet ``where``."""
     rows = session.execute(
         select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
         .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
@@ -78,11 +92,7 @@ def training_weights(session: Session, tenant_id: int, task_id: int) -> dict[int
             *same_scope(tenant_id, task_id),
             LabelQualityResult.tenant_id == tenant_id,
             LabelQualityResult.task_id == task_id,
-            LabelQualityResult.kind == "labeled",
-            LabelQualityResult.holdout.is_(False),
-            LabelQualityResult.train_weight < 1.0,
-            LabelQualityResult.given_label == Prediction.effective_label,
-            ~reviewed(),
+            *where,
         )
     )
     return {pid: float(w) for pid, w in rows if w is not None}
@@ -103,15 +113,4 @@ def flagged_weight() -> ColumnElement[bool]:
 def holdout_weights(session: Session, tenant_id: int, task_id: int) -> dict[int, float]:
     """Prediction id -> weight of the holdout labels the latest pass flagged (current, unreviewed): what the gate
     counts each at. Every other holdout label (unflagged, reviewed, or scored before its label changed) counts 1."""
-    rows = session.execute(
-        select(LabelQualityResult.prediction_id, LabelQualityResult.train_weight)
-        .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
-        .where(
-            *same_scope(tenant_id, task_id),
-            LabelQualityResult.tenant_id == tenant_id,
-            LabelQualityResult.task_id == task_id,
-            LabelQualityResult.holdout.is_(True),
-            flagged_weight(),
-        )
-    )
-    return {pid: float(w) for pid, w in rows if w is not None}
+    return _weights(session, tenant_id, task_id, LabelQualityResult.holdout.is_(True), flagged_weight())
