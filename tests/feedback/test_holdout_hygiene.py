@@ -27,7 +27,7 @@ from flywheel.models.records import Prediction, Task, Tenant
 from flywheel.models.training import ModelVersion
 from flywheel.retrain.dataset import build_training_data
 
-from support import LABELS, World
+from support import LABELS, World, register_served_model
 from support.encoders import FakeEncoder
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -128,19 +128,7 @@ def _ingest(
 def _served_by_our_model(db: Database) -> None:
     """``client-v1`` becomes one of our own few-shot models, created before the predictions: its logged
     probabilities are out-of-sample for every one of them (and for the holdout, always)."""
-    with db.session() as session:
-        task_id = session.scalar(select(Task.id).where(Task.name == "intent"))
-        session.add(
-            ModelVersion(
-                task_id=task_id,
-                version="client-v1",
-                rung="few_shot",
-                status="champion",
-                metrics={},
-                lineage={},
-                created_at=T0 - timedelta(days=1),
-            )
-        )
+    register_served_model(db, "intent", "client-v1", created_at=T0 - timedelta(days=1))
 
 
 def _results(db: Database, slug: str = "acme") -> dict[str, LabelQualityResult]:

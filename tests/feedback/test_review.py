@@ -31,7 +31,7 @@ from flywheel.models.label_quality import EmbeddingCache, LabelQualityResult, La
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
 from flywheel.retrain.dataset import build_training_data
 
-from support import LABELS, World
+from support import LABELS, World, register_served_model
 from support.encoders import FakeEncoder
 
 N = 160
@@ -481,19 +481,7 @@ def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
     from flywheel.models.training import ModelVersion
 
     db = world.db
-    with db.session() as session:
-        task_id = session.scalar(select(Task.id).where(Task.name == "intent"))
-        session.add(
-            ModelVersion(
-                task_id=task_id,
-                version="client-v1",
-                rung="few_shot",
-                status="champion",
-                metrics={},
-                lineage={},
-                created_at=T0 - timedelta(days=1),
-            )
-        )
+    register_served_model(db, "intent", "client-v1", created_at=T0 - timedelta(days=1))
     run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
     with db.session() as session:
         sources = set(

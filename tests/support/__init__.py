@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 
 from flywheel.core.db import Database
 from flywheel.domain.auth import create_key
-from flywheel.models.records import Tenant
+from flywheel.models.records import Task, Tenant
+from flywheel.models.training import ModelVersion
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -77,3 +79,25 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.1)
     return condition()
+
+
+def register_served_model(
+    db: Database, task: str, version: str, *, created_at: datetime, rung: str = "few_shot"
+) -> None:
+    """Put ``version`` in the registry as one of our own served models of ``task`` (a champion of ``rung``),
+    created at ``created_at``: what decides whether its logged probabilities are out-of-sample."""
+    from sqlalchemy import select
+
+    with db.session() as session:
+        task_id = session.scalar(select(Task.id).where(Task.name == task))
+        session.add(
+            ModelVersion(
+                task_id=task_id,
+                version=version,
+                rung=rung,
+                status="champion",
+                metrics={},
+                lineage={},
+                created_at=created_at,
+            )
+        )
