@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from alembic import command
 from flask.testing import FlaskClient
-from sqlalchemy import Select, create_engine, func, select, text
+from sqlalchemy import Connection, Select, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -336,21 +336,27 @@ def scratch_pg() -> Iterator[str]:
     admin.dispose()
 
 
+def _tenant_and_task(conn: Connection) -> tuple[int, int]:
+    """A tenant and a task inserted by hand, for a database at an old revision (no models of today to use)."""
+    tid = conn.execute(
+        text("INSERT INTO tenants (slug, name, created_at) VALUES ('a', 'A', now()) RETURNING id")
+    ).scalar_one()
+    task = conn.execute(
+        text(
+            "INSERT INTO tasks (name, labels, label_descriptions, description, created_at) "
+            "VALUES ('t', '[\"x\", \"y\"]', '{}', '', now()) RETURNING id"
+        )
+    ).scalar_one()
+    return int(tid), int(task)
+
+
 def test_upgrading_an_unpartitioned_database_keeps_every_row(scratch_pg: str) -> None:
     db = Database(scratch_pg)
     cfg = alembic_config(scratch_pg)
     command.upgrade(cfg, "0006")
     command.upgrade(cfg, "0005")
     with db.engine.begin() as conn:
-        tid = conn.execute(
-            text("INSERT INTO tenants (slug, name, created_at) VALUES ('a', 'A', now()) RETURNING id")
-        ).scalar_one()
-        task = conn.execute(
-            text(
-                "INSERT INTO tasks (name, labels, label_descriptions, description, created_at) "
-                "VALUES ('t', '[\"x\", \"y\"]', '{}', '', now()) RETURNING id"
-            )
-        ).scalar_one()
+        tid, task = _tenant_and_task(conn)
         conn.execute(
             text(
                 "INSERT INTO predictions (tenant_id, task_id, client_id, text, label, confidence, created_at, "
@@ -418,15 +424,7 @@ def test_upgrading_partitioned_predictions_partitions_their_feedback(scratch_pg:
                 "FOR VALUES FROM ('2017-08-01T00:00:00+00:00') TO ('2017-09-01T00:00:00+00:00')"
             )
         )
-        tid = conn.execute(
-            text("INSERT INTO tenants (slug, name, created_at) VALUES ('a', 'A', now()) RETURNING id")
-        ).scalar_one()
-        task = conn.execute(
-            text(
-                "INSERT INTO tasks (name, labels, label_descriptions, description, created_at) "
-                "VALUES ('t', '[\"x\", \"y\"]', '{}', '', now()) RETURNING id"
-            )
-        ).scalar_one()
+        tid, task = _tenant_and_task(conn)
         conn.execute(
             text(
                 "INSERT INTO predictions (tenant_id, task_id, client_id, text, label, confidence, created_at, "
