@@ -30,14 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def run_one(args: argparse.Namespace, seed: int, hygiene: bool) -> dict[str, Any]:
-    """One seed, one gate: the cleaned arm's nights, and its gate decisions judged by the test split."""
-    from sim.experiment import simulate
-    from sim.report import gate_decisions
+def sim_config(args: argparse.Namespace, seed: int, out: Path, **extra: Any) -> Any:
+    """The simulation of one seed on banking77 as the command line asks, written to ``out``."""
     from sim.scenario import SimConfig
 
-    out = Path(args.out) / f"seed-{seed}-hygiene-{'on' if hygiene else 'off'}"
-    cfg = SimConfig(
+    return SimConfig(
         train=DATA / "banking77" / "train.csv",
         test=DATA / "banking77" / "test.csv",
         out=out,
@@ -46,6 +43,20 @@ def run_one(args: argparse.Namespace, seed: int, hygiene: bool) -> dict[str, Any
         noise=args.noise,
         holdout_noise=args.holdout_noise,
         seed=seed,
+        **extra,
+    )
+
+
+def run_one(args: argparse.Namespace, seed: int, hygiene: bool) -> dict[str, Any]:
+    """One seed, one gate: the cleaned arm's nights, and its gate decisions judged by the test split."""
+    from sim.experiment import simulate
+    from sim.report import gate_decisions
+
+    out = Path(args.out) / f"seed-{seed}-hygiene-{'on' if hygiene else 'off'}"
+    cfg = sim_config(
+        args,
+        seed,
+        out,
         test_limit=args.test_limit,
         arms=("cleaned",),
         settings={"fine_tune_min_labels": 10**9, "gate_holdout_hygiene": hygiene},
@@ -86,21 +97,11 @@ def regate(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     from flywheel.retrain import gate, registry
     from flywheel.retrain.pipeline import sla_thresholds
     from sim.measures import gate_verdict
-    from sim.scenario import SimConfig
     from sim.traffic import make_plan
 
     out = Path(args.out) / f"seed-{seed}-hygiene-on"
     results = json_.loads((out / "results.json").read_text())["arms"]["cleaned"]
-    cfg = SimConfig(
-        train=DATA / "banking77" / "train.csv",
-        test=DATA / "banking77" / "test.csv",
-        out=out,
-        days=args.days,
-        daily=args.daily,
-        noise=args.noise,
-        holdout_noise=args.holdout_noise,
-        seed=seed,
-    )
+    cfg = sim_config(args, seed, out)
     truth = {i.id: i.label for i in make_plan(cfg).items}
     db = Database(f"sqlite:///{out / 'cleaned.db'}")
     rows = []
