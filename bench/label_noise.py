@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flywheel.domain.segments import segment_texts
 from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.checks import CheckConfig, check_labels
 from flywheel.feedback.noise import confusable_partner, flip_labels, precision_recall_f1
-from flywheel.feedback.oos import OOSConfig, cross_val_probabilities
+from flywheel.feedback.oos import OOSConfig, Segments, cross_val_probabilities
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -87,6 +88,27 @@ def embed(
     return x, seconds, False
 
 
+def embed_segments(name: str, texts: list[str], cache_dir: Path | None) -> Segments | None:
+    """The segments of ``texts`` (``flywheel.domain.segments``) embedded as the pass embeds them, or None where no
+    text splits (then the pass reads whole texts only)."""
+    split = segment_texts(texts)
+    if split is None:
+        return None
+    segments, owner = split
+    x, _, _ = embed(f"{name}-segments", segments, cache_dir)
+    return Segments(x, np.asarray(owner, dtype=np.int64))
+
+
+def subset_segments(segments: Segments | None, pick: np.ndarray) -> Segments | None:
+    """The segments of the examples ``pick`` (indices), their owners renumbered to positions in ``pick``."""
+    if segments is None:
+        return None
+    position = np.full(int(segments.owner.max()) + 1, -1)
+    position[pick] = np.arange(len(pick))
+    keep = position[segments.owner] >= 0
+    return Segments(segments.embeddings[keep], position[segments.owner[keep]])
+
+
 def timed_bare(labels: np.ndarray, probs: np.ndarray, repeat: int) -> tuple[np.ndarray, float]:
     best = float("inf")
     mask = np.zeros(0, bool)
@@ -132,6 +154,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         texts, y, classes = load(name, args.rows or None, args.seed)
         x, embed_s, cached = embed(name, texts, args.cache_dir)
+        segments = embed_segments(name, texts, args.cache_dir)
         embed_rows.append((name, len(texts), embed_s, cached))
         k = len(classes)
         partner = confusable_partner(x, y, k)
@@ -154,7 +177,7 @@ def main() -> None:
                     flush=True,
                 )
                 # flywheel: the pipeline's defaults; the cleanlab stage timed against a bare call on its arrays
-                check = check_labels(x, noisy, k, config=config)
+                check = check_labels(x, noisy, k, segments=segments, config=config)
                 clean_s = check.timings["cleanlab"]
                 for _ in range(args.repeat - 1):
                     t = time.perf_counter()
@@ -255,50 +278,58 @@ def logged_case(args: argparse.Namespace) -> None:
     """The logged-external-model case: P/R/F1 of each pipeline at each size, 20% (``--rates``) uniform flips."""
     print(
         f"{'dataset':<10} {'size':>6} {'rate':>4} {'customer acc':>12} {'pipeline':<12} {'P':>6} {'R':>6} {'F1':>6} "
-        f"{'flagged':>7} {'weight':>6}"
+        f"{'flagged':>7} {'weight':>6} {'segments':>8}"
     )
     for name in args.datasets.split(","):
         texts, y, classes = load(name, None, args.seed)
-        x, _, _ = embed(name, texts, args.cache_dir, window=args.window)
         k = len(classes)
         half = np.random.default_rng(args.seed).permutation(len(y))
         train, rest = half[: len(y) // 2], half[len(y) // 2 :]
+        scored = [texts[i] for i in rest]
+        x, _, _ = embed(name, scored, args.cache_dir, window=args.window)
+        segments = embed_segments(name, scored, args.cache_dir)
         own_noisy, _ = flip_labels(y[train], k, rate=float(args.rates.split(",")[-1]), seed=args.seed + 1)
-        logged = customer_model([texts[i] for i in train], own_noisy, k, [texts[i] for i in rest])
+        logged = customer_model([texts[i] for i in train], own_noisy, k, scored)
         for size in (int(v) for v in args.sizes.split(",")):
             pick = (
                 np.arange(len(rest))
                 if size <= 0 or size >= len(rest)
                 else np.sort(np.random.default_rng(args.seed).choice(len(rest), size, replace=False))
             )
-            xs, ys, ls = x[rest[pick]], y[rest[pick]], logged[pick]
+            xs, ys, ls = x[pick], y[rest[pick]], logged[pick]
             accuracy = float((ls.argmax(axis=1) == ys).mean())
             for rate in (float(r) for r in args.rates.split(",")):
                 noisy, flipped = flip_labels(ys, k, rate=rate, seed=args.seed)
-                for tag, flagged, weight in _logged_pipelines(xs, noisy, k, ls, args.seed):
+                for tag, flagged, weight, seg in _logged_pipelines(
+                    xs, noisy, k, ls, subset_segments(segments, pick), args.seed
+                ):
                     p, r, f1 = precision_recall_f1(flagged, flipped)
                     print(
                         f"{name:<10} {len(ys):>6} {rate:>4.0%} {accuracy:>12.3f} {tag:<12} {p:>6.3f} {r:>6.3f} "
-                        f"{f1:>6.3f} {int(flagged.sum()):>7} {weight:>6}",
+                        f"{f1:>6.3f} {int(flagged.sum()):>7} {weight:>6} {seg:>8}",
                         flush=True,
                     )
 
 
 def _logged_pipelines(
-    x: np.ndarray, noisy: np.ndarray, k: int, logged: np.ndarray, seed: int
-) -> list[tuple[str, np.ndarray, str]]:
-    """(name, flagged mask, logged weight) of each pipeline on one noisy labeled set."""
+    x: np.ndarray, noisy: np.ndarray, k: int, logged: np.ndarray, segments: Segments | None, seed: int
+) -> list[tuple[str, np.ndarray, str, str]]:
+    """(name, flagged mask, logged weight, segment weight) of each pipeline on one noisy labeled set."""
     naive, _ = cross_val_probabilities(x, noisy, k, config=OOSConfig(C=1.0, knn_k=0, folds=5, seed=seed))
     avg = (naive + logged / logged.sum(axis=1, keepdims=True)) / 2
     usable = np.ones(len(noisy), dtype=bool)
-    alone = check_labels(x, noisy, k)
-    both = check_labels(x, noisy, k, production_probs=logged, production_usable=usable)
+    alone = check_labels(x, noisy, k, segments=segments)
+    both = check_labels(x, noisy, k, segments=segments, production_probs=logged, production_usable=usable)
     weight = next(iter(both.logged.values())).weight if both.logged else 0.0
+
+    def seg(check: Any) -> str:
+        return "-" if check.segments is None else f"{check.segments.weight:.2f}"
+
     return [
-        ("naive cv", cleanlab_adapter.bare_find_label_issues(noisy, naive), "-"),
-        ("naive avg", cleanlab_adapter.bare_find_label_issues(noisy, avg), "0.50"),
-        ("flywheel cv", alone.issues.is_issue, "-"),
-        ("flywheel", both.issues.is_issue, f"{weight:.2f}"),
+        ("naive cv", cleanlab_adapter.bare_find_label_issues(noisy, naive), "-", "-"),
+        ("naive avg", cleanlab_adapter.bare_find_label_issues(noisy, avg), "0.50", "-"),
+        ("flywheel cv", alone.issues.is_issue, "-", seg(alone)),
+        ("flywheel", both.issues.is_issue, f"{weight:.2f}", seg(both)),
     ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flywheel.feedback.cleanlab_adapter import BATCHED_ABOVE, LabelIssues, find_label_issues
-from flywheel.feedback.oos import LoggedWeight, OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.oos import OOSConfig, Segments, SourceWeight, out_of_sample_probabilities
 
 #: Labels per class from which cleanlab's estimated number of issues is trusted in full for training. Below it, the
 #: out-of-sample model is weak and that estimate runs high (banking77 at 20% noise, measured in
@@ -84,7 +84,7 @@ class LabelCheck:
     """``probs`` ``(N, K)`` out-of-sample; ``sources`` ``(N,)`` which source scored each label; ``issues`` the
     cleanlab verdict; ``exclude`` ``(N,)`` the flagged labels training leaves out (``exclusion_mask``);
     ``weights`` ``(N,)`` the training weight of each label kept (``label_weights``); ``timings`` seconds per
-    stage (``cross_validation``, ``cleanlab``)."""
+    stage (``cross_validation``, ``cleanlab``); ``logged`` / ``segments``: the weights of the sources mixed in."""
 
     probs: np.ndarray
     sources: np.ndarray
@@ -92,7 +92,8 @@ class LabelCheck:
     exclude: np.ndarray
     weights: np.ndarray
     timings: dict[str, float]
-    logged: dict[str, LoggedWeight] = field(default_factory=dict)
+    logged: dict[str, SourceWeight] = field(default_factory=dict)
+    segments: SourceWeight | None = None
 
 
 def trusted_share(labels: np.ndarray, full_trust_per_class: float = FULL_TRUST_PER_CLASS) -> float:
@@ -134,11 +135,13 @@ def check_labels(
     labels: np.ndarray,
     n_classes: int,
     *,
+    segments: Segments | None = None,
     production_probs: np.ndarray | None = None,
     production_usable: np.ndarray | None = None,
     config: CheckConfig | None = None,
 ) -> LabelCheck:
-    """Score every label of ``N`` examples: ``embeddings`` ``(N, D)``, ``labels`` ``(N,)`` ints in ``0..K-1``."""
+    """Score every label of ``N`` examples: ``embeddings`` ``(N, D)``, ``labels`` ``(N,)`` ints in ``0..K-1``;
+    ``segments``: the long texts' segments (``out_of_sample_probabilities``)."""
     config = config or CheckConfig()
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
@@ -148,6 +151,7 @@ def check_labels(
         embeddings,
         labels,
         n_classes,
+        segments=segments,
         production_probs=production_probs,
         production_usable=production_usable,
         config=config.oos,
@@ -180,4 +184,5 @@ def check_labels(
         weights=weights,
         timings=timings,
         logged=oos.logged,
+        segments=oos.segments,
     )

@@ -75,11 +75,17 @@ def _echo_summary(result: PassResult) -> None:
             f"  embedding window: {windows['embedding']} tokens (p95 of the texts {windows['p95_tokens']}, "
             f"limit {windows['limit']}; {windows['over_embedding']:.1%} longer, chunked and pooled)"
         )
+    seg = s.get("segments")
+    if seg:
+        click.echo(
+            f"  long texts read by segment: weight {seg['weight']:.2f} against the whole texts "
+            f"(accuracy {_pct(seg['accuracy'])} against {_pct(seg['cv_accuracy'])} on {seg['n_reference']} "
+            f"{seg['reference']} labels)"
+        )
     for model, w in s.get("logged_models", {}).items():
-        accuracy = "-" if w["accuracy"] is None else f"{w['accuracy']:.1%}"
         click.echo(
             f"  logged by {model}: {w['n']} labels, weight {w['weight']:.2f} "
-            f"(accuracy {accuracy} on {w['n_reference']} {w['reference']} labels)"
+            f"(accuracy {_pct(w['accuracy'])} on {w['n_reference']} {w['reference']} labels)"
         )
     cons = s["consensus"]
     click.echo(
@@ -87,6 +93,10 @@ def _echo_summary(result: PassResult) -> None:
         f"CROWDLAB from {cons['min_overlap']})"
     )
     click.echo("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
 
 
 def _echo_sources_and_errors(ctx: Context, tenant_slug: str, task_name: str, top: int) -> None:

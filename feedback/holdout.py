@@ -25,7 +25,7 @@ import numpy as np
 from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.checks import label_weights, trusted_share
 from flywheel.feedback.labeled_set import LabeledSet
-from flywheel.feedback.oos import OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.oos import OOSConfig, Segments, out_of_sample_probabilities
 from flywheel.feedback.pass_output import ResultRow
 
 
@@ -51,10 +51,17 @@ def too_few_holdout(holdout: LabeledSet, min_labeled: int) -> str | None:
 
 
 def score_holdout(
-    holdout: LabeledSet, embeddings: np.ndarray, *, folds: int, noise_rate: float, trust: float
+    holdout: LabeledSet,
+    embeddings: np.ndarray,
+    *,
+    folds: int,
+    noise_rate: float,
+    trust: float,
+    segments: Segments | None = None,
 ) -> HoldoutVerdict:
     """Out-of-sample probabilities of the holdout's labels (cross-validation within ``embeddings`` ``(N, D)``, the
-    holdout's alone, averaged with usable logged probabilities), then cleanlab's verdict and the label weights.
+    holdout's alone, and within its long texts' ``segments``, averaged with usable logged probabilities), then
+    cleanlab's verdict and the label weights.
 
     A holdout holds few labels per class, so cross-validation within it is weak evidence: the logged probabilities
     (a served model that learned from every label outside the holdout) get the larger share of the average the fewer
@@ -76,6 +83,7 @@ def score_holdout(
         embeddings,
         labels,
         len(holdout.labels),
+        segments=segments,
         production_probs=logged,
         production_usable=usable,
         production_models=holdout.logging_models(),

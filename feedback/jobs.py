@@ -5,12 +5,13 @@
 1. load the labeled predictions outside the evaluation holdout, their feedback, and the newest unlabeled
    predictions (``labeled_set``);
 2. embeddings through the cache (``flywheel.domain.embeddings``), at the embedding window chosen from the labeled
-   texts' lengths (``flywheel.domain.windows``; longer texts chunked and pooled), recorded in the summary;
-3. out-of-sample probabilities (K-fold CV on the embeddings, the task's other tenants' labels as extra training
-   rows, mixed with the probabilities every logging model, ours or the customer's, logged where it never trained
-   on the example, each model at its fitted weight; ``scoring``) and the consensus label of each prediction:
-   CROWDLAB once enough predictions carry labels from two or more sources, the documented precedence rule before
-   that (``annotators``);
+   texts' lengths (``flywheel.domain.windows``; longer texts chunked and pooled), recorded in the summary, and of
+   the long texts' segments (``flywheel.domain.segments``: lines, sentences of overlong lines);
+3. out-of-sample probabilities (K-fold CV on the embeddings and on the segments, the task's other tenants' labels
+   as extra training rows, mixed with the probabilities every logging model, ours or the customer's, logged where
+   it never trained on the example, each source at its fitted weight; ``scoring``) and the consensus label of each
+   prediction: CROWDLAB once enough predictions carry labels from two or more sources, the documented precedence
+   rule before that (``annotators``);
 4. cleanlab's label issues on the consensus labels (all go to review; training leaves out the share the evidence
    supports, ``flywheel.feedback.checks.exclusion_mask``), source reliability, ActiveLab scores for unlabeled
    predictions;
@@ -43,7 +44,7 @@ from flywheel.core.errors import NotFound
 from flywheel.domain.effective import apply_rule
 from flywheel.feedback.annotators import SourceStat, build_consensus, rate_sources
 from flywheel.feedback.holdout import holdout_rows, holdout_summary, score_holdout, too_few_holdout
-from flywheel.feedback.labeled_set import LabeledSet, embed_texts, load_labeled_set, load_pool
+from flywheel.feedback.labeled_set import LabeledSet, embed_segments, embed_texts, load_labeled_set, load_pool
 from flywheel.feedback.pass_output import ResultRow, labeled_rows, pass_summary, unlabeled_rows
 from flywheel.feedback.scoring import LabelVerdict, active_learning_scores, label_verdict, out_of_sample_scores
 from flywheel.models.label_quality import LabelQualityResult, LabelQualityRun, LabelSourceStat
@@ -147,10 +148,13 @@ def _run(
     with _timed(timings, "embedding"):
         texts = [it.text for it in labeled.items]
         encoder, windows = _windowed(encoder if encoder is not None else _base_encoder(settings), texts)
-        x = embed_texts(db, texts, encoder, lambda done: report(0.05 + 0.55 * done / n, f"embedded {done}/{n} texts"))
+        x = embed_texts(db, texts, encoder, lambda done: report(0.05 + 0.45 * done / n, f"embedded {done}/{n} texts"))
+        segments = embed_segments(
+            db, texts, encoder, lambda done, m: report(0.5 + 0.15 * done / m, f"embedded {done}/{m} segments")
+        )
     with _timed(timings, "cross_validation"):
         pool = load_pool(db, settings, labeled, encoder)
-        scores = out_of_sample_scores(labeled, x, pool, folds=settings.cv_folds)
+        scores = out_of_sample_scores(labeled, x, pool, folds=settings.cv_folds, segments=segments)
     report(0.75, "cross-validated probabilities ready; building consensus")
     with _timed(timings, "consensus"):
         consensus = build_consensus(labeled.items, scores.probs, labeled.index, settings)
@@ -194,9 +198,13 @@ def _holdout_stage(
     skipped = too_few_holdout(holdout, settings.label_quality_min_labeled)
     if skipped is not None:
         return [], holdout_summary(holdout, None, skipped)
-    x = embed_texts(db, [it.text for it in holdout.items], encoder, lambda done: None)
+    texts = [it.text for it in holdout.items]
+    x = embed_texts(db, texts, encoder, lambda done: None)
+    segments = embed_segments(db, texts, encoder, lambda done, total: None)
     noise_rate = float(main.issues.is_issue.mean())
-    verdict = score_holdout(holdout, x, folds=settings.cv_folds, noise_rate=noise_rate, trust=main.trusted_share)
+    verdict = score_holdout(
+        holdout, x, folds=settings.cv_folds, noise_rate=noise_rate, trust=main.trusted_share, segments=segments
+    )
     return holdout_rows(holdout, verdict), holdout_summary(holdout, verdict, None)
 
 

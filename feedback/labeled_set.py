@@ -23,6 +23,8 @@ from flywheel.domain.effective import Vote
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.holdout import in_holdout, outside_holdout
 from flywheel.domain.partitions import feedback_of
+from flywheel.domain.segments import segment_texts
+from flywheel.feedback.oos import Segments
 from flywheel.models.records import Feedback, Prediction, Task
 
 #: Rungs of our own models whose logged probabilities may serve as an out-of-sample source (zero-shot ones are
@@ -155,10 +157,12 @@ class LabeledSet:
 @dataclass(frozen=True)
 class Pool:
     """The task's other tenants' labeled predictions outside their holdouts: extra cross-validation training rows,
-    never scored. ``embeddings`` ``(M, D)``, ``label_ids`` ``(M,)``."""
+    never scored. ``embeddings`` ``(M, D)``, ``label_ids`` ``(M,)``, ``segments`` their long texts' segments (None
+    where no text splits)."""
 
     embeddings: np.ndarray
     label_ids: np.ndarray
+    segments: Segments | None = None
 
     def __len__(self) -> int:
         return len(self.label_ids)
@@ -303,14 +307,15 @@ def load_pool(db: Database, settings: Settings, labeled: LabeledSet, encoder: An
                 outside_holdout(settings.holdout_percent),
             )
         ).all()
-        pool = [(text, label) for text, label in rows if label is not None and label in index]
-        if not pool:
-            return Pool(np.zeros((0, 0)), np.zeros(0, dtype=np.int64))
-        chunks = [
-            get_embeddings(session, [t for t, _ in pool[s : s + EMBED_STEP]], encoder=encoder)
-            for s in range(0, len(pool), EMBED_STEP)
-        ]
-    return Pool(np.concatenate(chunks), np.array([index[label] for _, label in pool], dtype=np.int64))
+    pool = [(text, label) for text, label in rows if label is not None and label in index]
+    if not pool:
+        return Pool(np.zeros((0, 0)), np.zeros(0, dtype=np.int64))
+    texts = [t for t, _ in pool]
+    return Pool(
+        embed_texts(db, texts, encoder, lambda done: None),
+        np.array([index[label] for _, label in pool], dtype=np.int64),
+        embed_segments(db, texts, encoder, lambda done, total: None),
+    )
 
 
 def embed_texts(db: Database, texts: list[str], encoder: Any, on_step: Callable[[int], None]) -> np.ndarray:
@@ -321,3 +326,16 @@ def embed_texts(db: Database, texts: list[str], encoder: Any, on_step: Callable[
             chunks.append(get_embeddings(session, texts[start : start + EMBED_STEP], encoder=encoder))
         on_step(min(start + EMBED_STEP, len(texts)))
     return np.concatenate(chunks)
+
+
+def embed_segments(
+    db: Database, texts: list[str], encoder: Any, on_step: Callable[[int, int], None]
+) -> Segments | None:
+    """The segments of ``texts`` (``flywheel.domain.segments``) embedded through the cache, or None when no text
+    splits; ``on_step(done, total)`` after each step."""
+    split = segment_texts(texts)
+    if split is None:
+        return None
+    segments, owner = split
+    x = embed_texts(db, segments, encoder, lambda done: on_step(done, len(segments)))
+    return Segments(x, np.asarray(owner, dtype=np.int64))

@@ -140,6 +140,8 @@ def pass_summary(
         "cleanlab_method": verdict.issues.method,
         "oos_sources": dict(Counter(str(s) for s in scores.sources)),
         "logged_models": {model: w.as_dict() for model, w in scores.logged.items()},
+        # The long texts' segment source (None: no text split) and its weight against the whole texts'.
+        "segments": scores.segments.as_dict() if scores.segments else None,
         "cv_folds": cv_folds,
         "consensus": consensus.summary(),
         "excluded_sources": sorted(a for a, s in sources.items() if s.excluded),

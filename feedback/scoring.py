@@ -16,7 +16,7 @@ from flywheel.feedback import cleanlab_adapter
 from flywheel.feedback.annotators import annotator_matrix
 from flywheel.feedback.checks import exclusion_mask, label_weights, trusted_share
 from flywheel.feedback.labeled_set import LabeledItem, LabeledSet, Pool, UnlabeledItem, probability_matrix
-from flywheel.feedback.oos import LoggedWeight, OOSConfig, out_of_sample_probabilities
+from flywheel.feedback.oos import OOSConfig, Segments, SourceWeight, out_of_sample_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 class OutOfSampleScores:
     """``probs`` ``(N, K)`` and ``sources`` ``(N,)`` for the set's own items; ``pooled_probs`` ``(N + M, K)`` for
     them followed by the pool's ``M`` rows, whose labels are ``pool_label_ids`` ``(M,)``; ``logged``: the weight of
-    each logging model whose probabilities were mixed in."""
+    each logging model whose probabilities were mixed in; ``segments``: the segment source's, where texts split."""
 
     probs: np.ndarray
     sources: np.ndarray
     pooled_probs: np.ndarray
     pool_label_ids: np.ndarray
-    logged: dict[str, LoggedWeight] = field(default_factory=dict)
+    logged: dict[str, SourceWeight] = field(default_factory=dict)
+    segments: SourceWeight | None = None
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,12 @@ class ActiveScores:
     unlabeled: np.ndarray
 
 
-def out_of_sample_scores(labeled: LabeledSet, embeddings: np.ndarray, pool: Pool, *, folds: int) -> OutOfSampleScores:
-    """K-fold cross-validated probabilities on ``embeddings`` ``(N, D)``, mixed with the logged probabilities of
-    every model (ours or the customer's) where those are out-of-sample, each model at its fitted weight.
+def out_of_sample_scores(
+    labeled: LabeledSet, embeddings: np.ndarray, pool: Pool, *, folds: int, segments: Segments | None = None
+) -> OutOfSampleScores:
+    """K-fold cross-validated probabilities on ``embeddings`` ``(N, D)`` (and on ``segments``, the long texts'),
+    mixed with the logged probabilities of every model (ours or the customer's) where those are out-of-sample, each
+    source at its fitted weight.
 
     The pool joins the cross-validation as extra training rows: the shared model learns from all of them anyway,
     and one tenant's few labels per class make a weak out-of-sample model that flags far too many good labels
@@ -89,13 +93,29 @@ def out_of_sample_scores(labeled: LabeledSet, embeddings: np.ndarray, pool: Pool
         x,
         y,
         k,
+        segments=_joined_segments(embeddings, segments, pool),
         production_probs=prod,
         production_usable=usable,
         production_models=models,
         reference=reference,
         config=OOSConfig(folds=folds),
     )
-    return OutOfSampleScores(oos.probs[:n], oos.sources[:n], oos.probs, pool.label_ids, oos.logged)
+    return OutOfSampleScores(oos.probs[:n], oos.sources[:n], oos.probs, pool.label_ids, oos.logged, oos.segments)
+
+
+def _joined_segments(embeddings: np.ndarray, segments: Segments | None, pool: Pool) -> Segments | None:
+    """The set's segments followed by the pool's (a text that does not split is its own one segment), or None
+    where neither splits."""
+    if segments is None and pool.segments is None:
+        return None
+    own = segments or Segments(embeddings, np.arange(len(embeddings)))
+    if not len(pool):
+        return own
+    theirs = pool.segments or Segments(pool.embeddings, np.arange(len(pool)))
+    return Segments(
+        np.concatenate([own.embeddings, theirs.embeddings]),
+        np.concatenate([own.owner, theirs.owner + len(embeddings)]),
+    )
 
 
 def label_verdict(items: Sequence[LabeledItem], labels: np.ndarray, scores: OutOfSampleScores) -> LabelVerdict:
