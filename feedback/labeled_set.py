@@ -127,8 +127,8 @@ class LabeledSet:
         - Never where the caller marked the item ``in_sample`` (the logging model trained on it).
         - Our own models (in the registry): only production rungs, and only where the model's lineage
           (``trained``: every prediction that trained it) does not hold the item, whenever the model was created.
-          A model whose lineage may be incomplete (``untraced``) counts only where it was created no later than the
-          prediction: a model trains only on labels that existed before it.
+          A model whose lineage may be incomplete (``untraced``) counts only where, besides, it was created no
+          later than the prediction: a model trains only on labels that existed before it.
         - Any other model (the customer's own): where the probabilities were logged no later than the item's first
           label, so no label of it existed to train on.
         """
@@ -139,12 +139,9 @@ class LabeledSet:
                 continue
             version = it.model_version
             if version is not None and version in self.own_models:
-                if version not in created:
+                if version not in created or (version, it.prediction_id) in self.trained:
                     continue
-                if version in self.untraced:
-                    out[i] = it.created_at >= created[version]
-                else:
-                    out[i] = (version, it.prediction_id) not in self.trained
+                out[i] = version not in self.untraced or it.created_at >= created[version]
             else:
                 out[i] = it.first_label_at is None or it.created_at <= it.first_label_at
         return out
