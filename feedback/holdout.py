@@ -7,8 +7,8 @@ are scored here apart from everything else, with two signals only:
   folds hold holdout items only; no label from outside the holdout, nor the pool, ever joins them, so no model that
   scores a holdout label was fit on anything but other holdout labels);
 - the probabilities production models logged for them: the customer's own wherever ``production_usable`` accepts
-  them (logged before the label, not marked ``in_sample``), and our served models' whenever they were created (a
-  served model never trains on a holdout item: training never reads the holdout).
+  them (logged before the label, not marked ``in_sample``), and our served models' always (a served model never
+  trains on a holdout item: training never reads the holdout).
 
 The holdout's rows never join the main pass's cross-validation either (``load_labeled_set`` keeps the two sets
 apart). A flagged, unreviewed holdout label then counts at its label weight (the probability that it is right) in the
@@ -106,9 +106,9 @@ def score_holdout(
 
 
 def _ours(holdout: LabeledSet) -> np.ndarray:
-    """``(N,)`` bool: logged by one of our own served models (``production_models``), whenever it was created: no
-    model of ours ever trains on a holdout item, so for the holdout the creation-time test ``production_usable``
-    applies to other labels is not needed (and a clock that stamps models apart from predictions cannot fool it)."""
+    """``(N,)`` bool: logged by one of our own served models (``production_models``): no model of ours ever trains
+    on a holdout item, so its lineage never holds one, and even a model whose lineage ``production_usable`` cannot
+    trust (``untraced``, judged there by creation time) is out-of-sample here."""
     return np.array([it.model_version in holdout.production_models for it in holdout.items], dtype=bool)
 
 

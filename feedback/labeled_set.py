@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from flywheel.core.config import Settings
@@ -22,7 +22,7 @@ from flywheel.core.db import Database
 from flywheel.domain.effective import Vote
 from flywheel.domain.embeddings import get_embeddings
 from flywheel.domain.holdout import in_holdout, outside_holdout
-from flywheel.domain.partitions import feedback_of
+from flywheel.domain.partitions import feedback_of, predictions_in
 from flywheel.domain.segments import segment_texts
 from flywheel.feedback.oos import Segments
 from flywheel.models.records import Feedback, Prediction, Task
@@ -91,8 +91,11 @@ class LabeledSet:
 
     ``production_models``: version → creation time of our own served models (``PRODUCTION_RUNGS``) that logged
     probabilities for some of ``items``; ``own_models``: every version among them that our registry holds, of any
-    rung (the others are the customer's own models). ``holdout``: the items are the evaluation holdout's (and
-    ``unlabeled`` is empty).
+    rung (the others are the customer's own models). ``trained``: the lineage of those production models among the
+    items, ``(version, prediction id)`` for each item a model trained on (``model_training_rows``); ``untraced``:
+    the production models whose lineage may lack rows of items that still exist (a tainted model: a tenant that
+    stopped sharing its labels had its rows dropped from the shared models), judged by creation time instead.
+    ``holdout``: the items are the evaluation holdout's (and ``unlabeled`` is empty).
     """
 
     tenant_id: int
@@ -102,6 +105,8 @@ class LabeledSet:
     unlabeled: list[UnlabeledItem]
     production_models: dict[str, datetime]
     own_models: frozenset[str] = frozenset()
+    trained: frozenset[tuple[str, int]] = frozenset()
+    untraced: frozenset[str] = frozenset()
     holdout: bool = False
 
     @property
@@ -122,8 +127,10 @@ class LabeledSet:
         """``(N,)`` bool: the logged probabilities are out-of-sample for the item's label.
 
         - Never where the caller marked the item ``in_sample`` (the logging model trained on it).
-        - Our own models (in the registry): only production rungs, created no later than the prediction (a model
-          trains only on labels that existed before it, so it never trained on that example).
+        - Our own models (in the registry): only production rungs, and only where the model's lineage
+          (``trained``: every prediction that trained it) does not hold the item, whenever the model was created.
+          A model whose lineage may be incomplete (``untraced``) counts only where, besides, it was created no
+          later than the prediction: a model trains only on labels that existed before it.
         - Any other model (the customer's own): where the probabilities were logged no later than the item's first
           label, so no label of it existed to train on.
         """
@@ -134,7 +141,9 @@ class LabeledSet:
                 continue
             version = it.model_version
             if version is not None and version in self.own_models:
-                out[i] = version in created and it.created_at >= created[version]
+                if version not in created or (version, it.prediction_id) in self.trained:
+                    continue
+                out[i] = version not in self.untraced or it.created_at >= created[version]
             else:
                 out[i] = it.first_label_at is None or it.created_at <= it.first_label_at
         return out
@@ -191,15 +200,17 @@ def load_labeled_set(
         assert task is not None
         items = _labeled_items(session, settings, tenant_id, task_id, set(task.labels), holdout=holdout)
         _attach_votes(session, items)
-        production, own = _registry_models(session, task_id, items)
+        registry = _registry_models(session, tenant_id, task_id, items)
         return LabeledSet(
             tenant_id=tenant_id,
             task_id=task_id,
             labels=list(task.labels),
             items=items,
             unlabeled=[] if holdout else _unlabeled_items(session, tenant_id, task_id, settings.review_unlabeled_cap),
-            production_models=production,
-            own_models=own,
+            production_models=registry.production,
+            own_models=registry.own,
+            trained=_lineage(session, tenant_id, task_id, items, registry),
+            untraced=registry.untraced,
             holdout=holdout,
         )
 
@@ -275,23 +286,76 @@ def _unlabeled_items(session: Session, tenant_id: int, task_id: int, cap: int) -
     return [UnlabeledItem(pid, probs, label, conf) for pid, probs, label, conf in rows]
 
 
-def _registry_models(
-    session: Session, task_id: int, items: list[LabeledItem]
-) -> tuple[dict[str, datetime], frozenset[str]]:
-    """Of ``items``' logged versions, those our registry holds for the task: version → creation time of the
-    production rungs (``PRODUCTION_RUNGS``), and every one of them whatever its rung."""
+@dataclass(frozen=True)
+class _Registry:
+    """Of the items' logging models, those our registry holds for the task and the tenant: ``production``:
+    version → creation time of the production rungs; ``own``: all of them, whatever the rung; ``ids``: production
+    version → model id; ``untraced``: the production versions whose lineage may lack rows (tainted)."""
+
+    production: dict[str, datetime]
+    own: frozenset[str]
+    ids: dict[str, int]
+    untraced: frozenset[str]
+
+
+def _registry_models(session: Session, tenant_id: int, task_id: int, items: list[LabeledItem]) -> _Registry:
+    """The registry's view of ``items``' logged versions: the task's shared models and the tenant's own variants
+    (another tenant's variant never served this tenant, so a version name of one is the customer's)."""
     from flywheel.models.training import ModelVersion
 
     versions = {it.model_version for it in items if it.model_version and it.probabilities}
     if not versions:
-        return {}, frozenset()
+        return _Registry({}, frozenset(), {}, frozenset())
     rows = session.execute(
-        select(ModelVersion.version, ModelVersion.rung, ModelVersion.created_at).where(
-            ModelVersion.task_id == task_id, ModelVersion.version.in_(sorted(versions))
+        select(
+            ModelVersion.id, ModelVersion.version, ModelVersion.rung, ModelVersion.created_at, ModelVersion.tainted_at
+        ).where(
+            ModelVersion.task_id == task_id,
+            or_(ModelVersion.tenant_id.is_(None), ModelVersion.tenant_id == tenant_id),
+            ModelVersion.version.in_(sorted(versions)),
         )
     ).all()
-    production = {version: created for version, rung, created in rows if rung in PRODUCTION_RUNGS}
-    return production, frozenset(version for version, _, _ in rows)
+    production = [row for row in rows if row.rung in PRODUCTION_RUNGS]
+    return _Registry(
+        production={row.version: row.created_at for row in production},
+        own=frozenset(row.version for row in rows),
+        ids={row.version: row.id for row in production},
+        untraced=frozenset(row.version for row in production if row.tainted_at is not None),
+    )
+
+
+def _lineage(
+    session: Session, tenant_id: int, task_id: int, items: list[LabeledItem], registry: _Registry
+) -> frozenset[tuple[str, int]]:
+    """``(version, prediction id)`` for each item that trained the production model that logged its probabilities
+    (``model_training_rows``), ``ID_CHUNK`` items per query. Each query names the models and the predictions (the
+    table's primary key), and joins the tenant's predictions of the task, read from their months' partitions only."""
+    from flywheel.models.training import ModelTrainingRow, ModelVersion
+
+    logged = [
+        it for it in items if it.probabilities is not None and not it.in_sample and it.model_version in registry.ids
+    ]
+    if not logged:
+        return frozenset()
+    out: set[tuple[str, int]] = set()
+    for start in range(0, len(logged), ID_CHUNK):
+        chunk = logged[start : start + ID_CHUNK]
+        model_ids = sorted({registry.ids[it.model_version] for it in chunk if it.model_version})
+        rows = session.execute(
+            select(ModelVersion.version, ModelTrainingRow.prediction_id)
+            .join(ModelVersion, ModelVersion.id == ModelTrainingRow.model_id)
+            .join(Prediction, Prediction.id == ModelTrainingRow.prediction_id)
+            .where(
+                ModelTrainingRow.model_id.in_(model_ids),
+                ModelTrainingRow.prediction_id.in_(sorted(it.prediction_id for it in chunk)),
+                ModelVersion.task_id == task_id,
+                Prediction.tenant_id == tenant_id,
+                Prediction.task_id == task_id,
+                predictions_in((it.prediction_id, it.created_at) for it in chunk),
+            )
+        )
+        out.update((version, pid) for version, pid in rows)
+    return frozenset(out)
 
 
 def load_pool(db: Database, settings: Settings, labeled: LabeledSet, encoder: Any) -> Pool:

@@ -59,7 +59,9 @@ class ModelVersion(Base):
 
 
 class ModelTrainingRow(Base):
-    """One prediction that trained one model version: the lineage that erasure follows.
+    """One prediction that trained one model version: the lineage that erasure follows, and that tells the
+    label-quality pass which of a served model's logged probabilities are out-of-sample (those of items it holds
+    no row of).
 
     A row per (model, prediction) rather than the id list in the artifact's ``lineage.json``: erasing a record
     must find every model it trained with one indexed query (``prediction_id``), without reading artifacts that

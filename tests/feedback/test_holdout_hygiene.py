@@ -24,7 +24,7 @@ from flywheel.feedback.jobs import run_label_quality
 from flywheel.feedback.review import record_decision
 from flywheel.models.label_quality import LabelQualityResult, LabelQualityRun
 from flywheel.models.records import Prediction, Task, Tenant
-from flywheel.models.training import ModelVersion
+from flywheel.models.training import ModelTrainingRow, ModelVersion
 from flywheel.retrain.dataset import build_training_data
 
 from support import LABELS, World, register_served_model
@@ -126,8 +126,8 @@ def _ingest(
 
 
 def _served_by_our_model(db: Database) -> None:
-    """``client-v1`` becomes one of our own few-shot models, created before the predictions: its logged
-    probabilities are out-of-sample for every one of them (and for the holdout, always)."""
+    """``client-v1`` becomes one of our own few-shot models that trained on none of the predictions (its lineage
+    holds none of them): its logged probabilities are out-of-sample for every one of them."""
     register_served_model(db, "intent", "client-v1", created_at=T0 - timedelta(days=1))
 
 
@@ -339,13 +339,19 @@ def test_a_tenant_sees_only_its_own_holdout_weights_in_a_runs_lineage(world: Wor
     assert acme["lineage"]["holdout_weights"]["tenants"] == {"acme": {"n": 2, "n_weighted": 1, "weights": {"11": 0.2}}}
 
 
-def test_our_models_logged_probabilities_score_the_holdout_whenever_they_were_created(
+def test_our_models_logged_probabilities_score_the_holdout_even_where_it_trained_on_every_other_label(
     world: World, settings: Settings, db: Database, noisy: Population
 ) -> None:
-    """A model created after the predictions may have trained on those outside the holdout, never on the holdout's:
-    its logged probabilities score the holdout's labels only."""
+    """A model whose lineage holds every label outside the holdout (created after the predictions, as under the
+    simulation's clocks): its logged probabilities score the holdout's labels only."""
     with db.session() as session:
         session.execute(ModelVersion.__table__.update().values(created_at=T0 + timedelta(days=1)))  # type: ignore[attr-defined]
+        model_id = session.scalar(select(ModelVersion.id).where(ModelVersion.version == "client-v1"))
+        acme = select(Tenant.id).where(Tenant.slug == "acme").scalar_subquery()
+        outside = session.scalars(
+            select(Prediction.id).where(Prediction.tenant_id == acme, Prediction.client_id.not_in(noisy.holdout))
+        )
+        session.add_all(ModelTrainingRow(model_id=model_id, prediction_id=pid) for pid in outside)
     run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=noisy.encoder)
     rows = _results(db)
     assert {r.oos_source for r in rows.values() if r.holdout} == {"cv+logged:client-v1"}

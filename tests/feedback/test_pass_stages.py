@@ -93,17 +93,31 @@ def test_excluded_sources_drop_out_of_the_rule_only_where_others_labeled_too() -
     assert not labeled_only_by(_item(3, "a", ("a", "reviewer", "r")), excluded)  # no annotator at all
 
 
-def test_logged_probabilities_are_usable_only_from_our_production_models_created_before_the_prediction() -> None:
+def test_our_production_models_logged_probabilities_count_unless_their_lineage_holds_the_item() -> None:
     logged = {"a": 0.7, "b": 0.3, "gone": 0.5}
+    later = T0 + timedelta(days=1)  # both models were created after every prediction (the simulation's clocks)
     items = [
-        _item(1, "a", probabilities=logged, model_version="v1", created_at=T0),
-        _item(2, "a", probabilities=logged, model_version="v1", created_at=T0 - timedelta(days=2)),  # before v1
-        _item(3, "a", probabilities=logged, model_version="zero-shot-1", created_at=T0),  # not a production rung
+        _item(1, "a", probabilities=logged, model_version="v1"),  # v1 never trained on it
+        _item(2, "a", probabilities=logged, model_version="v1"),  # v1 trained on it
+        _item(3, "a", probabilities=logged, model_version="zero-shot-1"),  # not a production rung
         _item(4, "a"),
+        _item(5, "a", probabilities=logged, model_version="v1", in_sample=True),
+        _item(6, "a", probabilities=logged, model_version="v2"),  # untraced: created after the prediction
+        _item(7, "a", probabilities=logged, model_version="v2", created_at=later),  # untraced, created before
+        _item(8, "a", probabilities=logged, model_version="v2", created_at=later),  # ... but its lineage holds it
     ]
-    own = frozenset({"v1", "zero-shot-1"})
-    labeled = LabeledSet(1, 1, LABELS, items, [], {"v1": T0 - timedelta(days=1)}, own)
-    assert labeled.production_usable().tolist() == [True, False, False, False]
+    labeled = LabeledSet(
+        1,
+        1,
+        LABELS,
+        items,
+        [],
+        {"v1": later, "v2": later},
+        frozenset({"v1", "v2", "zero-shot-1"}),
+        trained=frozenset({("v1", 2), ("v2", 8), ("v2", 1)}),  # v2's row of item 1 says nothing of v1's
+        untraced=frozenset({"v2"}),
+    )
+    assert labeled.production_usable().tolist() == [True, False, False, False, False, False, True, False]
     np.testing.assert_allclose(labeled.production_probs()[0], [0.7, 0.3, 0.0])
     np.testing.assert_allclose(labeled.production_probs()[3], [0.0, 0.0, 0.0])
 
@@ -116,10 +130,11 @@ def test_a_customer_models_probabilities_count_for_labels_given_after_them_unles
         _item(2, "a", probabilities=logged, model_version="theirs-7", first_label_at=later, in_sample=True),
         _item(3, "a", probabilities=logged, model_version="theirs-7", first_label_at=T0 - timedelta(hours=1)),
         _item(4, "a", probabilities=logged, first_label_at=later),  # no version named: still the customer's model
-        _item(5, "a", probabilities=logged, model_version="v1", first_label_at=later),  # ours, trained after it
+        _item(5, "a", probabilities=logged, model_version="v1", first_label_at=T0 - timedelta(hours=1)),  # ours
     ]
     labeled = LabeledSet(1, 1, LABELS, items, [], {"v1": T0 + timedelta(days=1)}, frozenset({"v1"}))
-    assert labeled.production_usable().tolist() == [True, False, False, True, False]
+    # our own model is judged by its lineage, not by when the label came (it holds no row of item 5)
+    assert labeled.production_usable().tolist() == [True, False, False, True, True]
     assert labeled.logging_models().tolist() == ["theirs-7", "theirs-7", "theirs-7", "unversioned", "v1"]
 
 

@@ -25,10 +25,12 @@ from flywheel.domain.schemas import FeedbackIn, PredictionIn
 from flywheel.domain.training_labels import excluded_prediction_ids, training_weights
 from flywheel.feedback.cli import labels as labels_cli
 from flywheel.feedback.jobs import label_quality_pass, run_label_quality
+from flywheel.feedback.labeled_set import load_labeled_set
 from flywheel.feedback.results import flagged_client_ids, source_reliability
 from flywheel.feedback.review import record_decision
 from flywheel.models.label_quality import EmbeddingCache, LabelQualityResult, LabelQualityRun
 from flywheel.models.records import Feedback, Prediction, Task, Tenant
+from flywheel.models.training import ModelTrainingRow, ModelVersion
 from flywheel.retrain.dataset import build_training_data
 
 from support import LABELS, World, register_served_model
@@ -475,30 +477,100 @@ def test_get_embeddings_computes_only_missing_texts(world: World) -> None:
         assert get_embeddings(session, [], encoder=enc).shape == (0, 16)
 
 
-def test_logged_probabilities_of_our_own_earlier_model_are_a_second_source(
+def _outside_sources(db: Database) -> dict[str, str]:
+    """Client id → ``oos_source`` of each labeled result outside the holdout."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Prediction.client_id, LabelQualityResult.oos_source)
+            .join(Prediction, Prediction.id == LabelQualityResult.prediction_id)
+            .where(LabelQualityResult.kind == "labeled", LabelQualityResult.holdout.is_(False))
+        )
+        return {cid: source for cid, source in rows}
+
+
+def test_our_own_models_logged_probabilities_count_unless_its_lineage_holds_the_item(
     world: World, plan: Plan, settings: Settings
 ) -> None:
-    from flywheel.models.training import ModelVersion
-
     db = world.db
-    register_served_model(db, "intent", "client-v1", created_at=T0 - timedelta(days=1))
+    # created a day after every prediction: under the simulation's two clocks a served model looks this way
+    model_id = register_served_model(db, "intent", "client-v1", created_at=T0 + timedelta(days=1))
     run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
+    assert set(_outside_sources(db).values()) == {"cv+logged:client-v1"}
+    outside = sorted(cid for cid in plan.truth if cid not in plan.holdout and cid not in plan.unlabeled)
+    trained_on = set(outside[60:70])
     with db.session() as session:
-        sources = set(
-            session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled"))
-        )
-        assert sources == {"cv+logged:client-v1"}
-        # a model created after the predictions may have trained on them: its probabilities are not used
-        session.execute(
-            ModelVersion.__table__.update().values(created_at=T0 + timedelta(days=1))  # type: ignore[attr-defined]
-        )
+        pids = session.scalars(select(Prediction.id).where(Prediction.client_id.in_(trained_on)))
+        session.add_all(ModelTrainingRow(model_id=model_id, prediction_id=pid) for pid in pids)
+    result = run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
+    sources = _outside_sources(db)
+    assert {sources[c] for c in trained_on} == {"cv"}
+    assert {sources[c] for c in set(sources) - trained_on} == {"cv+logged:client-v1"}
+    assert result.summary["logged_models"]["client-v1"]["n"] == len(sources) - len(trained_on)
+    # a tainted model's lineage may lack rows (a tenant stopped sharing): creation time decides, as it came later
+    with db.session() as session:
+        session.execute(update(ModelVersion).values(tainted_at=T0 + timedelta(days=2), tainted_rows=3))
     run_label_quality(db, _settings(settings), tenant="acme", task="intent", encoder=plan.encoder)
+    assert set(_outside_sources(db).values()) == {
+        "cv"
+    }  # (the holdout's labels it never trained on: test_holdout_hygiene.py)
+
+
+def test_only_the_tenants_own_lineage_and_models_decide_its_logged_probabilities(
+    world: World, plan: Plan, settings: Settings
+) -> None:
+    db, s = world.db, _settings(settings)
+    shared = register_served_model(db, "intent", "client-v1", created_at=T0 + timedelta(days=1))
+    # globex's variant, whose name acme's backend logs some predictions under: for acme, a customer model
+    variant = register_served_model(db, "intent", "globex-v1", created_at=T0 + timedelta(days=1), tenant="globex")
+    outside = sorted(cid for cid in plan.truth if cid not in plan.holdout and cid not in plan.unlabeled)
+    theirs = set(outside[:20])
     with db.session() as session:
-        outside = LabelQualityResult.holdout.is_(False)
-        sources = set(
-            session.scalars(select(LabelQualityResult.oos_source).where(LabelQualityResult.kind == "labeled", outside))
+        globex = session.scalar(select(Tenant).where(Tenant.slug == "globex"))
+        assert globex is not None
+        logged = {x: 0.25 for x in LABELS}
+        items = [
+            PredictionIn(
+                id=f"g{i}",
+                task="intent",
+                text=f"globex text {i}",
+                label=LABELS[i % 4],
+                confidence=0.25,
+                probabilities=logged,
+                model_version="client-v1",
+                created_at=T0,
+            )
+            for i in range(40)
+        ]
+        ingest_predictions(session, globex.id, items)
+        votes = [
+            FeedbackIn(
+                id=f"gf{i}",
+                prediction_id=f"g{i}",
+                label=LABELS[i % 4],
+                source="end_user",
+                created_at=T0 + timedelta(hours=1),
+            )
+            for i in range(40)
+        ]
+        ingest_feedback(session, globex.id, votes)
+        session.execute(update(Prediction).where(Prediction.client_id.in_(theirs)).values(model_version="globex-v1"))
+        acme_theirs = session.scalars(select(Prediction.id).where(Prediction.client_id.in_(theirs)))
+        globex_ids = session.scalars(select(Prediction.id).where(Prediction.tenant_id == globex.id)).all()
+        # rows no pass of acme's may read: the variant's over acme's items, the shared model's over globex's
+        session.add_all(ModelTrainingRow(model_id=variant, prediction_id=pid) for pid in acme_theirs)
+        session.add_all(ModelTrainingRow(model_id=shared, prediction_id=pid) for pid in globex_ids)
+        acme_id, task_id, globex_id = (
+            session.scalar(select(Tenant.id).where(Tenant.slug == "acme")),
+            session.scalar(select(Task.id).where(Task.name == "intent")),
+            globex.id,
         )
-        assert sources == {"cv"}  # (the holdout's labels it never trained on: test_holdout_hygiene.py)
+    acme = load_labeled_set(db, s, acme_id, task_id)
+    assert acme.trained == frozenset() and acme.own_models == {"client-v1"}
+    assert acme.production_usable().all()  # "globex-v1": logged before each label, as a customer model counts
+    assert {it.model_version for it in acme.items} == {"client-v1", "globex-v1"}
+    theirs_loaded = load_labeled_set(db, s, globex_id, task_id)
+    assert theirs_loaded.trained == {("client-v1", it.prediction_id) for it in theirs_loaded.items}
+    assert theirs_loaded.items and not theirs_loaded.production_usable().any()
 
 
 def test_a_customer_model_scores_labels_given_after_it_logged_but_not_ones_it_trained_on(

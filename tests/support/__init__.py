@@ -82,22 +82,25 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
 
 
 def register_served_model(
-    db: Database, task: str, version: str, *, created_at: datetime, rung: str = "few_shot"
-) -> None:
-    """Put ``version`` in the registry as one of our own served models of ``task`` (a champion of ``rung``),
-    created at ``created_at``: what decides whether its logged probabilities are out-of-sample."""
+    db: Database, task: str, version: str, *, created_at: datetime, rung: str = "few_shot", tenant: str | None = None
+) -> int:
+    """Put ``version`` in the registry as one of our own served models of ``task`` (a champion of ``rung``; the
+    shared model, or ``tenant``'s variant), created at ``created_at``; returns its id (for lineage rows)."""
     from sqlalchemy import select
 
     with db.session() as session:
         task_id = session.scalar(select(Task.id).where(Task.name == task))
-        session.add(
-            ModelVersion(
-                task_id=task_id,
-                version=version,
-                rung=rung,
-                status="champion",
-                metrics={},
-                lineage={},
-                created_at=created_at,
-            )
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.slug == tenant)) if tenant else None
+        model = ModelVersion(
+            task_id=task_id,
+            tenant_id=tenant_id,
+            version=version,
+            rung=rung,
+            status="champion",
+            metrics={},
+            lineage={},
+            created_at=created_at,
         )
+        session.add(model)
+        session.flush()
+        return model.id
