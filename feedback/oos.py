@@ -13,7 +13,7 @@ probability here is out-of-sample, from one of three kinds of source:
 
 Each logging model is a source of its own, mixed with the cross-validated probabilities at a weight fitted to how
 well its probabilities explain reference labels (reviewed ones where there are enough, else the given ones;
-``fit_logged_weight``): a strong customer model earns most of the say, a weak one little.
+``fit_mix_weight``): a strong customer model earns most of the say, a weak one little.
 
 scikit-learn is imported inside the functions (nothing heavy at import).
 """
@@ -44,7 +44,7 @@ class OOSConfig:
     embeddings are unit-norm, so cleanlab wants a fairly weak penalty); ``knn_k``: neighbours of the kNN vote,
     0 to switch it off; ``knn_weight``: its weight in the average with the logistic regression;
     ``production_weight``: the weight of a usable logged probability against the CV one, or None to fit it per
-    logging model (``fit_logged_weight``); ``min_reference``: reviewed labels a logging model needs before its
+    logging model (``fit_mix_weight``); ``min_reference``: reviewed labels a logging model needs before its
     weight is fitted on them rather than on the given labels; ``prior_items``: the fitted weight is shrunk towards
     ``prior_weight`` as if that many items had voted for it (a model seen on few items keeps near the prior).
     """
@@ -259,10 +259,11 @@ def segment_probabilities(
     return _normalize(out), {f"segments_{k}": v for k, v in timings.items()}
 
 
-def fit_logged_weight(
-    cv: np.ndarray, logged: np.ndarray, labels: np.ndarray, *, noise_floor: float = 0.2
+def fit_mix_weight(
+    cv: np.ndarray, other: np.ndarray, labels: np.ndarray, *, noise_floor: float = 0.2
 ) -> tuple[float, float]:
-    """The weight ``w`` in ``w * logged + (1 - w) * cv`` that best explains ``labels`` ``(n,)``, and its score.
+    """The weight ``w`` in ``w * other + (1 - w) * cv`` that best explains ``labels`` ``(n,)``, and its score
+    (``other``: a logging model's probabilities, or the segments').
 
     Maximum likelihood over ``WEIGHT_GRID``, each label's likelihood floored by a uniform ``noise_floor`` share:
     reference labels may themselves be wrong (given labels are, at the noise rate), and one wrong label must not
@@ -270,7 +271,7 @@ def fit_logged_weight(
     """
     k = cv.shape[1]
     rows = np.arange(len(labels))
-    p_cv, p_log = cv[rows, labels], logged[rows, labels]
+    p_cv, p_log = cv[rows, labels], other[rows, labels]
     mix = WEIGHT_GRID[:, None] * p_log[None, :] + (1 - WEIGHT_GRID[:, None]) * p_cv[None, :]
     ll = np.log((1 - noise_floor) * mix + noise_floor / k).mean(axis=1)
     best = int(np.argmax(ll))
@@ -300,7 +301,7 @@ def _fitted_weight(
         kind, ref = "given", labels
     if len(ref) == 0:
         return SourceWeight(source, n, "prior", 0, None, None, config.prior_weight)
-    fitted, _ = fit_logged_weight(cv, other, ref)
+    fitted, _ = fit_mix_weight(cv, other, ref)
     m = len(ref)
     weight = (m * fitted + config.prior_items * config.prior_weight) / (m + config.prior_items)
     accuracy = float((other.argmax(axis=1) == ref).mean())
